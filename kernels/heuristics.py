@@ -1,0 +1,146 @@
+"""Launch heuristics: block width, warps, rows per tile and the persistent grid.
+
+Pure Python (no torch, no CUDA): a config is a function of the row count M, the row width N,
+the element size and a :class:`Target` GPU, so the traffic and compile reports are reproducible
+on a machine without a GPU (default target: an H100 SXM, 132 SMs, sm_90).
+
+Two properties are load-bearing and tested:
+
+* Batch invariance: everything that shapes the arithmetic of one row (``block_n``,
+  ``rows_per_tile``, ``num_warps``, ``single_block``) depends on N and the dtype only, never
+  on M, so row i of a batch is bitwise equal to the same row normalised alone.
+* Bounded scratch: the backward grid is at most one program per SM, so each dW/dB partial
+  buffer is at most ``sm_count x N`` float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Largest power-of-two row the forward keeps whole in registers. At 16384 columns and 16 warps
+# each thread holds 32 float32 values of x plus the same of weight and bias (hoisted out of the
+# row loop): ~100 live registers, inside the 255 limit with room for addresses (no spills in the
+# sm_90 compile report). Wider rows stream through the looped kernel in ``LOOP_BLOCK_N`` chunks.
+FWD_MAX_SINGLE_BLOCK = 16384
+# The backward holds x, dy, weight and two float32 accumulators (dW, dB) per element: five
+# values against the forward's three, so its single-block limit is half (flash-attn reports
+# spills above 8K columns with register accumulators).
+BWD_MAX_SINGLE_BLOCK = 8192
+# Chunk width of the looped (wide-row) kernels: 4096 float32 values over 8 warps is 16 per
+# thread, four 128-bit loads in flight per thread per tensor.
+LOOP_BLOCK_N = 4096
+LOOP_NUM_WARPS = 8
+# A tile (rows_per_tile x block_n) should hold at least this many elements, so that a program
+# keeps >= 8 KB of a 16-bit tensor in flight even when rows are short (N = 256 -> 16 rows).
+MIN_TILE_ELEMS = 4096
+MAX_ROWS_PER_TILE = 64
+# ~16 elements per thread: two 128-bit loads of a 16-bit tensor, four of float32.
+ELEMS_PER_THREAD = 16
+MAX_NUM_WARPS = 16
+# Resident threads per SM on sm_80 and sm_90 (the occupancy ceiling for the forward grid).
+THREADS_PER_SM = 2048
+WARP_SIZE = 32
+# Partial-sum reduction: each program owns PARTIAL_BLOCK_N columns and walks the partial rows
+# PARTIAL_BLOCK_P at a time, in order (deterministic). 32 x 128 float32 = 4 warps x 32 values.
+PARTIAL_BLOCK_N = 128
+PARTIAL_BLOCK_P = 32
+PARTIAL_NUM_WARPS = 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """The GPU a config is made for."""
+
+    sm_count: int = 132  # H100 SXM
+    arch: int = 90  # compute capability x 10
+
+
+H100 = Target(sm_count=132, arch=90)
+A100 = Target(sm_count=108, arch=80)
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """One launch of the forward or backward kernel.
+
+    A program walks ``tiles_per_program`` consecutive tiles of ``rows_per_tile`` rows; a tile
+    is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks.
+    """
+
+    block_n: int
+    rows_per_tile: int
+    single_block: bool
+    num_warps: int
+    grid: int
+    tiles_per_program: int
+
+
+@dataclass(frozen=True)
+class PartialSumConfig:
+    """The stage that sums the (grid, N) float32 dW/dB partials in a fixed order."""
+
+    block_n: int
+    block_p: int
+    num_warps: int
+    grid: int
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _row_blocking(n_cols: int, max_single_block: int) -> tuple[int, int, bool, int]:
+    """(block_n, rows_per_tile, single_block, num_warps) from the row width alone."""
+    block_n = next_power_of_2(n_cols)
+    if block_n > max_single_block:
+        return LOOP_BLOCK_N, 1, False, LOOP_NUM_WARPS
+    rows = max(1, min(MAX_ROWS_PER_TILE, MIN_TILE_ELEMS // block_n))
+    warps = (rows * block_n) // (ELEMS_PER_THREAD * WARP_SIZE)
+    return block_n, rows, True, max(1, min(MAX_NUM_WARPS, next_power_of_2(warps)))
+
+
+def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int]:
+    """(grid, tiles_per_program): consecutive tiles per program, every program non-empty."""
+    n_tiles = max(1, _cdiv(n_rows, rows_per_tile))
+    tiles_per_program = _cdiv(n_tiles, max(1, min(n_tiles, max_programs)))
+    return _cdiv(n_tiles, tiles_per_program), tiles_per_program
+
+
+def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
+    """Forward launch: whole rows in registers up to FWD_MAX_SINGLE_BLOCK, then chunks.
+
+    The grid fills every SM to its thread limit (THREADS_PER_SM / threads per program programs
+    per SM) and no more: beyond that, extra programs only queue, while a persistent program
+    reuses its weight and bias registers across its rows. ``elem_size`` does not change the
+    blocking: the register budget is set by the float32 working copies, not the I/O width.
+    """
+    del elem_size  # part of the documented signature; see above
+    block_n, rows, single, warps = _row_blocking(n_cols, FWD_MAX_SINGLE_BLOCK)
+    per_sm = max(1, THREADS_PER_SM // (warps * WARP_SIZE))
+    grid, tiles = _persistent(n_rows, rows, target.sm_count * per_sm)
+    return NormConfig(block_n, rows, single, warps, grid, tiles)
+
+
+def backward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
+    """Backward launch: at most one program per SM, each accumulating dW/dB in registers.
+
+    One program per SM bounds the partial buffers at ``sm_count x N`` float32 per gradient and
+    keeps the second stage small; to keep the memory system busy with so few programs, each
+    one uses up to 16 warps and tiles of >= MIN_TILE_ELEMS elements.
+    """
+    del elem_size
+    block_n, rows, single, warps = _row_blocking(n_cols, BWD_MAX_SINGLE_BLOCK)
+    grid, tiles = _persistent(n_rows, rows, target.sm_count)
+    return NormConfig(block_n, rows, single, warps, grid, tiles)
+
+
+def partial_sum_config(n_partials: int, n_cols: int) -> PartialSumConfig:
+    """Column-parallel sum of the partial rows; one program per PARTIAL_BLOCK_N columns."""
+    del n_partials  # each program loops over all of them
+    return PartialSumConfig(
+        PARTIAL_BLOCK_N, PARTIAL_BLOCK_P, PARTIAL_NUM_WARPS, max(1, _cdiv(n_cols, PARTIAL_BLOCK_N))
+    )

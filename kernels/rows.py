@@ -1,0 +1,81 @@
+"""How the kernels address rows of a strided tensor, without copying it.
+
+A tensor of shape ``(*lead, *norm)`` is a set of rows of ``N = prod(norm)`` elements. The
+kernels need each row to be contiguous (the normalised dims merge into one with stride 1) and
+find row ``r`` at ``i0*s0 + i1*s1 + i2*s2`` where ``(i0, i1, i2)`` is ``r`` unravelled over up
+to three leading dims ``(D0, D1, D2)``. That covers sliced rows (``x[:, :N]``), strided rows
+(``x[::2]``), broadcast rows (stride 0) and any permutation of up to three leading dims, with
+no copy. Only a row that is not contiguous, or more than three leading dims that do not merge,
+costs one ``.contiguous()`` copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_LEAD_DIMS = 3
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Row addressing of one tensor: the sizes of leading dims 1 and 2 and all three strides.
+
+    Unused leading dims have size 1 (Triton specialises integer arguments equal to 1, so the
+    common one-level case compiles to ``row * s0`` with no division).
+    """
+
+    d1: int
+    d2: int
+    strides: tuple[int, int, int]
+
+
+def _rows_contiguous(t: torch.Tensor, n_norm_dims: int) -> bool:
+    expected = 1
+    for size, stride in zip(reversed(t.shape[-n_norm_dims:]), reversed(t.stride()[-n_norm_dims:])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _merged_lead_dims(t: torch.Tensor, n_norm_dims: int) -> list[tuple[int, int]]:
+    """Leading (size, stride) pairs with size-1 dims dropped and adjacent mergeable dims merged."""
+    dims: list[tuple[int, int]] = []
+    for size, stride in zip(t.shape[:-n_norm_dims], t.stride()[:-n_norm_dims]):
+        if size == 1:
+            continue
+        if dims and dims[-1][1] == stride * size:
+            dims[-1] = (dims[-1][0] * size, stride)
+        else:
+            dims.append((size, stride))
+    return dims
+
+
+def row_layout(t: torch.Tensor, n_norm_dims: int) -> tuple[torch.Tensor, RowLayout]:
+    """Return ``t`` (copied only if its rows cannot be addressed in place) and its layout."""
+    if not _rows_contiguous(t, n_norm_dims):
+        t = t.contiguous()
+    dims = _merged_lead_dims(t, n_norm_dims)
+    if len(dims) > MAX_LEAD_DIMS:
+        t = t.contiguous()
+        dims = _merged_lead_dims(t, n_norm_dims)
+    dims += [(1, 0)] * (MAX_LEAD_DIMS - len(dims))
+    (_, s0), (d1, s1), (d2, s2) = dims
+    return t, RowLayout(d1=d1, d2=d2, strides=(s0, s1, s2))
+
+
+@triton.jit
+def row_start(rows, d1, d2, s0, s1, s2):
+    """Element offset (int64) of the first element of each row in ``rows``.
+
+    Unravels ``rows`` over the leading dims ``(D0, d1, d2)`` of a :class:`RowLayout`. The
+    arithmetic is int64 so ``row * stride`` cannot wrap past 2**31 elements.
+    """
+    rows = rows.to(tl.int64)
+    i2 = rows % d2
+    rest = rows // d2
+    return (rest // d1) * s0 + (rest % d1) * s1 + i2 * s2

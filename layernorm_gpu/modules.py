@@ -1,0 +1,122 @@
+"""Drop-in modules: ``LayerNorm`` and ``RMSNorm`` subclass ``torch.nn.LayerNorm`` /
+``torch.nn.RMSNorm``, so constructor, attributes, parameter names, initialisation,
+``reset_parameters``, ``extra_repr``, state_dict keys and ``isinstance`` checks are torch's own;
+only ``forward`` runs our ops. ``replace_norms`` swaps them into an existing model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+__all__ = ["LayerNorm", "RMSNorm", "replace_norms"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """``torch.nn.LayerNorm`` running :func:`layernorm_gpu.layer_norm`.
+
+    Extra keyword-only arguments: ``backend`` (see :mod:`layernorm_gpu.dispatch`) and
+    ``weight_offset`` (scale by ``weight + weight_offset``; with a non-zero offset the weight
+    is initialised to zeros so the effective scale starts at 1, as in Gemma).
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int] | torch.Size,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        weight_offset: float = 0.0,
+        backend: str | None = None,
+    ) -> None:
+        self.weight_offset = weight_offset
+        self.backend = backend
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.weight is not None and self.weight_offset != 0.0:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
+                            weight_offset=self.weight_offset, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _extra(self.weight_offset, self.backend)
+
+
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm`` running :func:`layernorm_gpu.rms_norm`; extra keyword-only
+    ``weight_offset`` and ``backend`` as in :class:`LayerNorm`."""
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int] | torch.Size,
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        weight_offset: float = 0.0,
+        backend: str | None = None,
+    ) -> None:
+        self.weight_offset = weight_offset
+        self.backend = backend
+        super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.weight is not None and self.weight_offset != 0.0:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
+                          weight_offset=self.weight_offset, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _extra(self.weight_offset, self.backend)
+
+
+def _extra(weight_offset: float, backend: str | None) -> str:
+    text = f", weight_offset={weight_offset}" if weight_offset != 0.0 else ""
+    return text + (f", backend={backend!r}" if backend is not None else "")
+
+
+def _swap(module: nn.Module, backend: str | None) -> nn.Module:
+    if isinstance(module, LayerNorm | RMSNorm):
+        return module
+    if isinstance(module, nn.LayerNorm):
+        new: nn.Module = LayerNorm(module.normalized_shape, module.eps, module.elementwise_affine,
+                                   bias=module.bias is not None, device="meta", backend=backend)
+    elif isinstance(module, nn.RMSNorm):
+        new = RMSNorm(module.normalized_shape, module.eps, module.elementwise_affine,
+                      device="meta", backend=backend)
+    else:
+        return module
+    # the very same Parameter objects: optimizer state and weight tying stay valid
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    new.train(module.training)
+    return new
+
+
+def replace_norms(model: nn.Module, *, backend: str | None = None) -> nn.Module:
+    """Swap every ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` in ``model`` for ours, in place.
+
+    The new modules hold the same parameter tensors, so an optimizer built before the swap
+    keeps working. Returns ``model`` (itself swapped if it is a norm).
+    """
+    for name, child in list(model.named_children()):
+        swapped = _swap(child, backend)
+        if swapped is child:
+            replace_norms(child, backend=backend)
+        else:
+            setattr(model, name, swapped)
+    return _swap(model, backend)

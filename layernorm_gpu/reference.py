@@ -1,0 +1,134 @@
+"""Exact reference of LayerNorm and RMSNorm: the test oracle and the CPU fallback.
+
+Plain vectorised torch ops written from the closed-form formulas, no autograd inside (but every
+op is differentiable, which is how double backward works). ``x`` is 2-D ``(rows, N)``;
+statistics are per row. Arithmetic is float32 for 16-bit and float32 inputs, float64 for
+float64 inputs ("the accumulation dtype").
+
+Forward::
+
+    mean = pivot + mean(x - pivot)     pivot = x[:, 0]: a constant row centres to exactly 0
+    var  = mean((x - mean)^2)          two passes, never E[x^2] - E[x]^2
+    rstd = 1 / sqrt(var + eps)         RMSNorm: var = mean(x^2), no mean
+    y    = (x - mean) * rstd * w + b
+
+Backward, with ``x_hat = (x - mean) * rstd`` and ``g = dy * w``::
+
+    dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))   (RMSNorm: no mean(g) term)
+    dw = sum over rows of dy * x_hat
+    db = sum over rows of dy
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["backward", "forward", "rms_backward", "rms_forward"]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _stats(x: torch.Tensor, eps: float, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) of each row of an accumulation-dtype ``x``; mean is zeros for RMSNorm."""
+    if is_rms:
+        mean = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        var = (x * x).mean(dim=1)
+    else:
+        pivot = x[:, :1] if x.shape[1] > 0 else x.new_zeros((x.shape[0], 1))
+        shifted = x - pivot
+        mean_shifted = shifted.mean(dim=1, keepdim=True)
+        centred = shifted - mean_shifted
+        mean = (pivot + mean_shifted).squeeze(1)
+        var = (centred * centred).mean(dim=1)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _forward(x, weight, bias, eps, is_rms, weight_offset):
+    acc = _acc_dtype(x.dtype)
+    xf = x.to(acc)
+    mean, rstd = _stats(xf, eps, is_rms)
+    y = (xf - mean[:, None]) * rstd[:, None]
+    if weight is not None:
+        y = y * (weight.to(acc) + weight_offset)
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(x.dtype), mean, rstd
+
+
+def _backward(dy, x, weight, mean, rstd, has_bias, is_rms, weight_offset):
+    acc = _acc_dtype(x.dtype)
+    xf, dyf = x.to(acc), dy.to(acc)
+    mean, rstd = mean.to(acc)[:, None], rstd.to(acc)[:, None]
+    x_hat = (xf - mean) * rstd
+    g = dyf if weight is None else dyf * (weight.to(acc) + weight_offset)
+    dx = g - x_hat * (g * x_hat).mean(dim=1, keepdim=True)
+    if not is_rms:
+        dx = dx - g.mean(dim=1, keepdim=True)
+    dx = dx * rstd
+    dweight = (dyf * x_hat).sum(dim=0) if weight is not None else None
+    dbias = dyf.sum(dim=0) if has_bias else None
+    return dx.to(x.dtype), dweight, dbias
+
+
+def forward(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    weight_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm forward of 2-D ``x``.
+
+    Args:
+        x: ``(rows, N)``. weight, bias: ``(N,)`` or None. eps: added to the variance.
+        weight_offset: y uses ``weight + weight_offset`` (1.0 for Gemma-style norms).
+
+    Returns:
+        ``(y, mean, rstd)``: y ``(rows, N)`` in x's dtype; mean and rstd ``(rows,)`` in the
+        accumulation dtype.
+    """
+    return _forward(x, weight, bias, eps, False, weight_offset)
+
+
+def backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    *,
+    has_bias: bool = True,
+    weight_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """LayerNorm backward of 2-D ``x`` from the forward's ``mean`` and ``rstd``.
+
+    Returns:
+        ``(dx, dweight, dbias)``: dx ``(rows, N)`` in x's dtype; dweight (None without weight)
+        and dbias (None unless ``has_bias``) ``(N,)`` in the accumulation dtype.
+    """
+    return _backward(dy, x, weight, mean, rstd, has_bias, False, weight_offset)
+
+
+def rms_forward(
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, weight_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm forward of 2-D ``x``: ``(y, rstd)``, conventions as :func:`forward`."""
+    y, _, rstd = _forward(x, weight, None, eps, True, weight_offset)
+    return y, rstd
+
+
+def rms_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    rstd: torch.Tensor,
+    *,
+    weight_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm backward of 2-D ``x``: ``(dx, dweight)``, conventions as :func:`backward`."""
+    mean = torch.zeros_like(rstd)
+    dx, dweight, _ = _backward(dy, x, weight, mean, rstd, False, True, weight_offset)
+    return dx, dweight

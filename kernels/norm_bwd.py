@@ -115,9 +115,11 @@ def _norm_bwd_kernel(
             if COMPUTE_DB:
                 db_acc += dy
         if COMPUTE_DW:
-            tl.store(DW_partial + pid.to(tl.int64) * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+            tl.store(DW_partial + pid.to(tl.int64) * N + cols, tl.sum(dw_acc, axis=0),
+                     mask=col_mask)
         if COMPUTE_DB:
-            tl.store(DB_partial + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0), mask=col_mask)
+            tl.store(DB_partial + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0),
+                     mask=col_mask)
     else:
         for i in range(tiles_per_program):
             rows = first_row + i * ROWS + tl.arange(0, ROWS)

@@ -35,7 +35,9 @@ class RowLayout:
 
 def _rows_contiguous(t: torch.Tensor, n_norm_dims: int) -> bool:
     expected = 1
-    for size, stride in zip(reversed(t.shape[-n_norm_dims:]), reversed(t.stride()[-n_norm_dims:])):
+    for size, stride in zip(
+        reversed(t.shape[-n_norm_dims:]), reversed(t.stride()[-n_norm_dims:]), strict=True
+    ):
         if size != 1 and stride != expected:
             return False
         expected *= size
@@ -45,7 +47,7 @@ def _rows_contiguous(t: torch.Tensor, n_norm_dims: int) -> bool:
 def _merged_lead_dims(t: torch.Tensor, n_norm_dims: int) -> list[tuple[int, int]]:
     """Leading (size, stride) pairs with size-1 dims dropped and adjacent mergeable dims merged."""
     dims: list[tuple[int, int]] = []
-    for size, stride in zip(t.shape[:-n_norm_dims], t.stride()[:-n_norm_dims]):
+    for size, stride in zip(t.shape[:-n_norm_dims], t.stride()[:-n_norm_dims], strict=True):
         if size == 1:
             continue
         if dims and dims[-1][1] == stride * size:

@@ -61,7 +61,7 @@ def resolve_backend(
             "backend='triton' needs the triton package, which is not installed; "
             "use backend='reference' (or 'auto')"
         )
-    for arg, t in zip(("x", "residual"), inputs):
+    for arg, t in zip(("x", "residual")[: len(inputs)], inputs, strict=True):
         if t.dtype in KERNEL_DTYPES:
             continue
         raise TypeError(

@@ -64,8 +64,11 @@ def _reference_bwd(dy, x, weight, mean, rstd, n_norm_dims, weight_offset, is_rms
             dy2, x2, w2, mean, rstd, has_bias=has_bias, weight_offset=weight_offset
         )
     norm_shape = x.shape[x.dim() - n_norm_dims:]
-    reshape = (lambda g: None if g is None else g.reshape(norm_shape))
-    return dx.reshape(x.shape), reshape(dweight), reshape(dbias)
+
+    def to_norm_shape(grad):
+        return None if grad is None else grad.reshape(norm_shape)
+
+    return dx.reshape(x.shape), to_norm_shape(dweight), to_norm_shape(dbias)
 
 
 @torch.library.custom_op(f"{_LIB}::norm_fwd", mutates_args=())

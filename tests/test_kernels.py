@@ -1,0 +1,243 @@
+"""The Triton kernels (on CUDA, or in the interpreter) against the float64 reference.
+
+Every test poisons the outputs: torch.empty returns NaN-filled tensors, so an element (or a
+dW/dB partial row) the kernels fail to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import KERNEL_DTYPES, assert_close, make_input
+from layernorm_gpu.kernels.rows import row_layout
+
+from layernorm_gpu import kernels, ops
+
+# ragged widths, powers of two +- 1, a width of 1, and one above the 4096-wide tile
+WIDTHS = (1, 3, 127, 769, 1023, 1500, 4097)
+# a single row, and a row count that is not a multiple of any tile
+ROW_COUNTS = (1, 37)
+
+pytestmark = pytest.mark.usefixtures("poison")
+
+
+def _run(x, weight, bias, dy, *, is_rms=False, residual=None, dh=None, n_norm_dims=1,
+         eps=1e-5, weight_offset=0.0, fwd_config=None, bwd_config=None):
+    """Kernels forward then backward: (y, h, mean, rstd, dx, dweight, dbias)."""
+    h_dtype = None if residual is None else ops.h_dtype(x, residual, False)
+    y, h, mean, rstd = kernels.norm_fwd(x, residual, weight, bias, n_norm_dims=n_norm_dims,
+                                       eps=eps, is_rms=is_rms, weight_offset=weight_offset,
+                                       h_dtype=h_dtype, config=fwd_config)
+    dx, dweight, dbias = kernels.norm_bwd(
+        dy, x if h is None else h, weight, mean, rstd, dh, n_norm_dims=n_norm_dims,
+        is_rms=is_rms, weight_offset=weight_offset,
+        dweight_dtype=None if weight is None else weight.dtype,
+        dbias_dtype=None if bias is None else bias.dtype, config=bwd_config)
+    return y, h, mean, rstd, dx, dweight, dbias
+
+
+def _expected(x, weight, bias, dy, *, is_rms=False, residual=None, dh=None, n_norm_dims=1,
+              eps=1e-5, weight_offset=0.0):
+    """The float64 reference on the same (rounded) inputs, in the kernels' output layout."""
+
+    def f64(t):
+        return None if t is None else t.double().cpu()
+
+    h = f64(x) if residual is None else f64(x) + f64(residual)
+    y, h_out, mean, rstd = ops.norm_fwd(h, None, f64(weight), f64(bias), n_norm_dims, eps,
+                                        weight_offset, is_rms, False, "reference")
+    dx, dweight, dbias = ops.norm_bwd(
+        f64(dy), h, f64(weight), mean, rstd, f64(dh), n_norm_dims, weight_offset, is_rms,
+        None if weight is None else torch.float64, None if bias is None else torch.float64,
+        "reference")
+    return y, h, mean, rstd, dx, dweight, dbias
+
+
+def _check(got, want, rows):
+    """Compare every output the kernels produced (None: not produced) with the oracle."""
+    names = ("y", "h", "mean", "rstd", "dx", "dweight", "dbias")
+    for name, g, w in zip(names, got, want, strict=True):
+        if g is not None:
+            reduction = rows if name in ("dweight", "dbias") else 1
+            assert_close(g.cpu(), w, reduction=reduction, msg=name)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("n", WIDTHS)
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+def test_layer_norm(dtype, n, rows):
+    x, dy = make_input((rows, n), dtype), make_input((rows, n), dtype)
+    weight, bias = make_input(n, dtype), make_input(n, dtype)
+    _check(_run(x, weight, bias, dy), _expected(x, weight, bias, dy), rows)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("n", (3, 769, 4097))
+def test_rms_norm(dtype, n):
+    x, dy, weight = make_input((37, n), dtype), make_input((37, n), dtype), make_input(n, dtype)
+    _check(_run(x, weight, None, dy, is_rms=True), _expected(x, weight, None, dy, is_rms=True),
+           37)
+
+
+# LayerNorm: weight and bias, weight only, bias only, neither; RMSNorm has no bias
+AFFINE_VARIANTS = [(False, a) for a in ("weight_bias", "weight", "bias", "none")]
+AFFINE_VARIANTS += [(True, a) for a in ("weight", "none")]
+
+
+@pytest.mark.parametrize("is_rms,affine", AFFINE_VARIANTS)
+def test_affine_variants(is_rms, affine):
+    x, dy = make_input((37, 200), torch.float32), make_input((37, 200), torch.float32)
+    weight = make_input(200, torch.float32) if "weight" in affine else None
+    bias = make_input(200, torch.float32) if "bias" in affine else None
+    got = _run(x, weight, bias, dy, is_rms=is_rms)
+    assert (got[5] is None) == (weight is None) and (got[6] is None) == (bias is None)
+    _check(got, _expected(x, weight, bias, dy, is_rms=is_rms), 37)
+
+
+@pytest.mark.parametrize("x_dtype", (torch.float16, torch.bfloat16))
+def test_16bit_input_with_float32_parameters(x_dtype):
+    x, dy = make_input((37, 300), x_dtype), make_input((37, 300), x_dtype)
+    weight, bias = make_input(300, torch.float32), make_input(300, torch.float32)
+    got = _run(x, weight, bias, dy)
+    assert got[0].dtype == got[4].dtype == x_dtype
+    assert got[5].dtype == got[6].dtype == torch.float32
+    _check(got, _expected(x, weight, bias, dy), 37)
+
+
+def test_multi_dim_normalized_shape_and_3d_input():
+    x, dy = make_input((2, 5, 4, 24), torch.float32), make_input((2, 5, 4, 24), torch.float32)
+    weight, bias = make_input((4, 24), torch.float32), make_input((4, 24), torch.float32)
+    got = _run(x, weight, bias, dy, n_norm_dims=2)
+    assert got[0].shape == x.shape and got[5].shape == weight.shape
+    _check(got, _expected(x, weight, bias, dy, n_norm_dims=2), 10)
+
+
+@pytest.mark.parametrize("is_rms", (False, True))
+@pytest.mark.parametrize("h_is_fp32", (False, True))
+def test_fused_residual(is_rms, h_is_fp32):
+    x, dy, dh = (make_input((37, 300), torch.bfloat16) for _ in range(3))
+    residual = make_input((37, 300), torch.float32 if h_is_fp32 else torch.bfloat16)
+    weight, bias = make_input(300, torch.float32), make_input(300, torch.float32)
+    bias = None if is_rms else bias
+    got = _run(x, weight, bias, dy, is_rms=is_rms, residual=residual, dh=dh)
+    assert got[1].dtype == (torch.float32 if h_is_fp32 else torch.bfloat16)
+    assert got[0].dtype == torch.bfloat16 and got[4].dtype == got[1].dtype
+    want = _expected(x, weight, bias, dy, is_rms=is_rms, residual=residual, dh=dh)
+    # h is x + residual rounded once to h's dtype
+    torch.testing.assert_close(got[1].cpu(), want[1].to(got[1].dtype), atol=0, rtol=0)
+    # normalise the stored h, as the kernels do
+    want = _expected(got[1].cpu(), weight, bias, dy, is_rms=is_rms, dh=dh)
+    _check(got[:1] + (None,) + got[2:], want, 37)
+
+
+def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.NormConfig:
+    """A looped-kernel config with a tiny chunk so that small rows span several chunks."""
+    tiles = math.ceil(rows / rows_per_tile)
+    return kernels.NormConfig(block_n=block_n, rows_per_tile=rows_per_tile, single_block=False,
+                              num_warps=4, grid=math.ceil(tiles / 2), tiles_per_program=2)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("is_rms", (False, True))
+@pytest.mark.parametrize("n", (64, 200, 1000))
+def test_looped_kernels_over_chunks(dtype, is_rms, n):
+    """The wide-row kernels, forced onto short rows: whole chunks and a ragged last chunk."""
+    x, dy = make_input((9, n), dtype, offset=3.0), make_input((9, n), dtype)
+    residual = make_input((9, n), dtype)
+    weight, bias = make_input(n, dtype), None if is_rms else make_input(n, dtype)
+    cfg = _looped_config(9, 64)
+    got = _run(x, weight, bias, dy, is_rms=is_rms, residual=residual, fwd_config=cfg,
+               bwd_config=cfg)
+    want = _expected(got[1].cpu(), weight, bias, dy, is_rms=is_rms)
+    _check(got[:1] + (None,) + got[2:], want, 9)
+
+
+@pytest.mark.parametrize("n", (20000,))
+def test_wide_rows_default_heuristics(n):
+    """Above the single-block limits (16384 forward, 8192 backward) with the real chunking."""
+    x, dy = make_input((3, n), torch.bfloat16), make_input((3, n), torch.bfloat16)
+    weight, bias = make_input(n, torch.bfloat16), make_input(n, torch.bfloat16)
+    _check(_run(x, weight, bias, dy), _expected(x, weight, bias, dy), 3)
+
+
+def test_gradients_are_bitwise_deterministic():
+    x, dy = make_input((300, 256), torch.bfloat16), make_input((300, 256), torch.bfloat16)
+    weight, bias = make_input(256, torch.float32), make_input(256, torch.float32)
+    first, second = _run(x, weight, bias, dy), _run(x, weight, bias, dy)
+    for a, b in zip(first, second, strict=True):
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+def test_rows_are_batch_invariant():
+    """Row i of a batch is bitwise equal to row i normalised alone (forward and dx)."""
+    x, dy = make_input((37, 500), torch.bfloat16), make_input((37, 500), torch.bfloat16)
+    weight, bias = make_input(500, torch.bfloat16), make_input(500, torch.bfloat16)
+    y, _, _, _, dx, _, _ = _run(x, weight, bias, dy)
+    for i in (0, 17, 36):
+        y_i, _, _, _, dx_i, _, _ = _run(x[i:i + 1], weight, bias, dy[i:i + 1])
+        assert torch.equal(y[i:i + 1], y_i) and torch.equal(dx[i:i + 1], dx_i)
+
+
+def _strided_views():
+    """(name, x view, copy expected) for layouts the kernels address in place or copy once."""
+    base = make_input((6, 4, 80), torch.float32)
+    return [
+        ("sliced rows", base.reshape(24, 80)[:, :64], False),
+        ("every other row", base.reshape(24, 80)[::2], False),
+        ("transposed leading dims", base.transpose(0, 1), False),
+        ("three permuted leading dims", make_input((2, 3, 4, 16), torch.float32)
+         .permute(2, 0, 1, 3), False),
+        ("broadcast rows", make_input((1, 80), torch.float32).expand(5, 80), False),
+        ("four unmergeable leading dims", make_input((2, 3, 2, 3, 16), torch.float32)
+         .permute(3, 2, 1, 0, 4), True),
+        ("non-contiguous row", base.transpose(1, 2), True),
+    ]
+
+
+@pytest.mark.parametrize("name,x,copies", _strided_views(), ids=[v[0] for v in _strided_views()])
+def test_strided_inputs(name, x, copies):
+    laid_out, _ = row_layout(x, 1)
+    assert (laid_out.data_ptr() != x.data_ptr()) == copies
+    dy = make_input(x.shape, torch.float32).transpose(0, -2).contiguous().transpose(0, -2)
+    weight, bias = make_input(x.shape[-1], torch.float32), make_input(x.shape[-1], torch.float32)
+    before = [t.clone() for t in (x, dy, weight, bias)]
+    rows = x.numel() // x.shape[-1]
+    _check(_run(x, weight, bias, dy), _expected(x, weight, bias, dy), rows)
+    for t, saved in zip((x, dy, weight, bias), before, strict=True):
+        assert torch.equal(t, saved), f"{name}: an input was modified"
+
+
+def test_expanded_dy():
+    """dy of y.sum() is a stride-0 expand of one scalar."""
+    x = make_input((7, 33), torch.float32)
+    dy = torch.ones((), device=x.device).expand(7, 33)
+    _check(_run(x, None, None, dy), _expected(x, None, None, dy), 7)
+
+
+def test_row_offsets_past_2_31_elements():
+    """Rows 2**30 elements apart: the third row starts at 2**31, past int32 offsets. The
+    storage is allocated but only the three rows are written, so it costs no real memory."""
+    n, stride = 64, 2**30
+
+    def spread(t):
+        storage = torch.empty(2 * stride + n, dtype=t.dtype, device=t.device)
+        view = storage.as_strided(t.shape, (stride, 1))
+        view.copy_(t)
+        return view
+
+    x, dy = make_input((3, n), torch.float16), make_input((3, n), torch.float16)
+    weight, bias = make_input(n, torch.float16), make_input(n, torch.float16)
+    got = _run(spread(x), weight, bias, spread(dy))
+    _check(got, _expected(x, weight, bias, dy), 3)
+
+
+def test_weight_offset():
+    x, dy = make_input((37, 100), torch.float32), make_input((37, 100), torch.float32)
+    weight, bias = make_input(100, torch.float32), make_input(100, torch.float32)
+    got = _run(x, weight, bias, dy, weight_offset=1.0)
+    _check(got, _expected(x, weight, bias, dy, weight_offset=1.0), 37)
+    y_shifted = _run(x, weight + 1.0, bias, dy)[0]
+    assert_close(got[0].cpu(), y_shifted.double().cpu())

@@ -52,9 +52,14 @@ def _reference_fwd(x, weight, bias, n_norm_dims, eps, weight_offset, is_rms):
     return y.reshape(x.shape), mean, rstd
 
 
-def _reference_bwd(dy, x, weight, mean, rstd, n_norm_dims, weight_offset, is_rms, has_bias):
+def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms,
+                   has_bias):
+    """The reference backward on N-D tensors; ``dh`` is added to dx before its one rounding."""
     rows, cols = _rows_cols(x, n_norm_dims)
     x2, dy2 = x.reshape(rows, cols), dy.reshape(rows, cols)
+    if dh is not None:
+        # the reference computes in the stats dtype anyway: an upcast x returns dx unrounded
+        x2 = x2.to(_stats_dtype(x.dtype))
     w2 = None if weight is None else weight.reshape(cols)
     if is_rms:
         dx, dweight = reference.rms_backward(dy2, x2, w2, rstd, weight_offset=weight_offset)
@@ -63,6 +68,8 @@ def _reference_bwd(dy, x, weight, mean, rstd, n_norm_dims, weight_offset, is_rms
         dx, dweight, dbias = reference.backward(
             dy2, x2, w2, mean, rstd, has_bias=has_bias, weight_offset=weight_offset
         )
+    if dh is not None:
+        dx = (dx + dh.reshape(rows, cols)).to(x.dtype)
     norm_shape = x.shape[x.dim() - n_norm_dims:]
 
     def to_norm_shape(grad):
@@ -162,10 +169,8 @@ def norm_bwd(
             dweight_dtype=dweight_dtype, dbias_dtype=dbias_dtype,
         )
     else:
-        dx, dweight, dbias = _reference_bwd(dy, x, weight, mean, rstd, n_norm_dims,
+        dx, dweight, dbias = _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims,
                                             weight_offset, is_rms, dbias_dtype is not None)
-        if dh is not None:
-            dx = dx + dh
         dx = dx.contiguous()
     empty = x.new_empty(0)
     return (
@@ -201,9 +206,8 @@ def _differentiable_bwd(dy, x, weight, dh, n_norm_dims, eps, weight_offset, is_r
     """The backward as differentiable torch ops of x, weight and dy (stats recomputed from x, so
     their own dependence on x is part of the graph): the path for ``create_graph=True``."""
     _, mean, rstd = _reference_fwd(x, weight, None, n_norm_dims, eps, weight_offset, is_rms)
-    dx, dweight, dbias = _reference_bwd(dy, x, weight, mean, rstd, n_norm_dims, weight_offset,
-                                        is_rms, has_bias)
-    return (dx if dh is None else dx + dh), dweight, dbias
+    return _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms,
+                          has_bias)
 
 
 def _backward(ctx, dy, dh, _dmean, _drstd):

@@ -241,3 +241,12 @@ def test_weight_offset():
     _check(got, _expected(x, weight, bias, dy, weight_offset=1.0), 37)
     y_shifted = _run(x, weight + 1.0, bias, dy)[0]
     assert_close(got[0].cpu(), y_shifted.double().cpu())
+
+
+def test_rows_of_a_million_elements():
+    """normalized_shape [256, 256, 16]: 1,048,576 columns through the looped kernels."""
+    shape = (1, 256, 256, 16)
+    x, dy = make_input(shape, torch.bfloat16), make_input(shape, torch.bfloat16)
+    weight, bias = make_input(shape[1:], torch.float32), make_input(shape[1:], torch.float32)
+    _check(_run(x, weight, bias, dy, n_norm_dims=3), _expected(x, weight, bias, dy, n_norm_dims=3),
+           1)

@@ -1,0 +1,100 @@
+"""torch.compile(fullgraph=True) over our modules and functions, and torch.library.opcheck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import KERNEL_DEVICE, assert_close, make_input
+
+import layernorm_gpu as lg
+from layernorm_gpu import dispatch, ops
+
+
+class _Block(torch.nn.Module):
+    """A pre-norm block using every entry point: modules, functional and fused adds."""
+
+    def __init__(self, dim: int, backend: str | None) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, dim)
+        self.ln = lg.LayerNorm(dim, backend=backend)
+        self.rms = lg.RMSNorm(dim, backend=backend)
+        self.gemma = lg.RMSNorm(dim, weight_offset=1.0, backend=backend)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        y, h = lg.fused_add_layer_norm(x, residual, x.shape[-1], self.ln.weight, self.ln.bias,
+                                       backend=self.backend)
+        z, h2 = lg.fused_add_rms_norm(self.proj(y), h, x.shape[-1], self.rms.weight,
+                                      residual_in_fp32=True, backend=self.backend)
+        return self.gemma(self.ln(z)) + h2 + lg.layer_norm(x, x.shape[-1], backend=self.backend)
+
+
+def _compare_compiled(block: torch.nn.Module, device: torch.device) -> None:
+    x = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
+    residual = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
+    eager_out = block(x, residual)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, residual,
+                                                                 *block.parameters()])
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    out = compiled(x, residual)
+    grads = torch.autograd.grad(out.square().sum(), [x, residual, *block.parameters()])
+    assert_close(out.detach().cpu(), eager_out.detach().double().cpu())
+    for g, e in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+def test_compile_fullgraph_reference_on_cpu():
+    dispatch.calls.clear()
+    _compare_compiled(_Block(32, None), torch.device("cpu"))
+    assert set(dispatch.calls) == {"reference"}
+
+
+def test_compile_fullgraph_kernels():
+    """On CPU this is the interpreter; on CUDA the real kernels."""
+    block = _Block(32, "triton").to(KERNEL_DEVICE)
+    dispatch.calls.clear()
+    _compare_compiled(block, KERNEL_DEVICE)
+    assert set(dispatch.calls) == {"triton"}
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_auto_on_cuda():
+    dispatch.calls.clear()
+    _compare_compiled(_Block(32, None).cuda(), torch.device("cuda"))
+    assert set(dispatch.calls) == {"triton"}
+
+
+def _fwd_cases(device, backend):
+    def t(*shape, dtype=torch.float32, grad=True):
+        return make_input(shape, dtype, device, requires_grad=grad)
+
+    return [
+        (t(3, 5), None, t(5), t(5), 1, 1e-5, 0.0, False, False, backend),
+        (t(2, 3, 4), None, None, None, 2, 1e-5, 0.0, False, False, backend),
+        (t(3, 5), t(3, 5), t(5), None, 1, 1e-6, 1.0, True, True, backend),
+        (t(3, 5, dtype=torch.bfloat16), t(3, 5), t(5), t(5), 1, 1e-5, 0.0, False, False,
+         backend),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_opcheck_norm_fwd(backend):
+    device = torch.device("cpu") if backend == "reference" else KERNEL_DEVICE
+    for args in _fwd_cases(device, backend):
+        torch.library.opcheck(ops.norm_fwd, args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_opcheck_norm_bwd(backend):
+    device = torch.device("cpu") if backend == "reference" else KERNEL_DEVICE
+    x, w = make_input((3, 5), torch.float32, device), make_input(5, torch.float32, device)
+    _, _, mean, rstd = ops.norm_fwd(x, None, w, None, 1, 1e-5, 0.0, False, False, backend)
+    dy = make_input((3, 5), torch.float32, device)
+    cases = [
+        (dy, x, w, mean, rstd, None, 1, 0.0, False, torch.float32, torch.float32, backend),
+        (dy, x, None, mean, rstd, dy.clone(), 1, 0.0, False, None, None, backend),
+        (dy, x, w, mean, rstd, None, 1, 1.0, True, torch.bfloat16, None, backend),
+    ]
+    for args in cases:
+        torch.library.opcheck(ops.norm_bwd, args)

@@ -97,10 +97,7 @@ def _norm_fwd_kernel(
         x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
         r_row = row_start(rows, r_d1, r_d2, r_s0, r_s1, r_s2)
         out_row = rows.to(tl.int64) * N
-        if IS_RMS:
-            pivot = tl.zeros([ROWS], tl.float32)
-        else:
-            pivot = _load_h(X, R, x_row, r_row, row_mask, HAS_RESIDUAL, h_dtype)
+        pivot = tl.zeros([ROWS], tl.float32)
         if SINGLE_BLOCK:
             mask = row_mask[:, None] & col_mask[None, :]
             h = _load_h(X, R, x_row[:, None] + cols[None, :], r_row[:, None] + cols[None, :],
@@ -111,6 +108,8 @@ def _norm_fwd_kernel(
                 var = tl.sum(h * h, axis=1) / N
                 centred = h
             else:
+                # h[:, 0] taken from registers, so x is still read exactly once
+                pivot = tl.sum(tl.where(cols[None, :] == 0, h, 0.0), axis=1)
                 shifted = tl.where(mask, h - pivot[:, None], 0.0)
                 mean_shifted = tl.sum(shifted, axis=1) / N
                 centred = tl.where(mask, shifted - mean_shifted[:, None], 0.0)
@@ -120,6 +119,9 @@ def _norm_fwd_kernel(
             y = x_hat * w[None, :] + b[None, :]
             tl.store(Y + out_row[:, None] + cols[None, :], y, mask=mask)
         else:
+            if not IS_RMS:
+                # one element per row (and wide rows): a negligible re-read of x
+                pivot = _load_h(X, R, x_row, r_row, row_mask, HAS_RESIDUAL, h_dtype)
             count = 0.0
             mean_shifted = tl.zeros([ROWS], tl.float32)
             m2 = tl.zeros([ROWS], tl.float32)

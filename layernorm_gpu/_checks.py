@@ -17,7 +17,7 @@ def normalized_shape_tuple(normalized_shape: int | Sequence[int] | torch.Size) -
         shape: tuple[int, ...] = (normalized_shape,)
     else:
         shape = tuple(normalized_shape)
-    if not all(isinstance(d, int) for d in shape):
+    if not all(isinstance(d, int | torch.SymInt) for d in shape):
         raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {shape!r}")
     if not shape:
         raise RuntimeError(

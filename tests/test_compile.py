@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import KERNEL_DEVICE, assert_close, make_input
+from torch._dynamo.testing import CompileCounter
 
 import layernorm_gpu as lg
 from layernorm_gpu import dispatch, ops
@@ -98,3 +99,20 @@ def test_opcheck_norm_bwd(backend):
     ]
     for args in cases:
         torch.library.opcheck(ops.norm_bwd, args)
+
+
+def test_compile_dynamic_shapes_without_recompiles():
+    """Row count and width vary under dynamic=True; normalized_shape may be symbolic."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+
+    @torch.compile(fullgraph=True, dynamic=True, backend=counter)
+    def fn(x, w):
+        return lg.layer_norm(x, x.shape[-1:], w) + lg.rms_norm(x, x.shape[-1], w)
+
+    for rows, n in ((3, 8), (5, 8), (7, 12)):
+        x = make_input((rows, n), torch.float32, "cpu")
+        w = make_input(n, torch.float32, "cpu")
+        expected = lg.layer_norm(x, n, w) + lg.rms_norm(x, n, w)
+        torch.testing.assert_close(fn(x, w), expected)
+    assert counter.frame_count == 1

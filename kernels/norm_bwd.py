@@ -47,6 +47,33 @@ def _x_hat_and_g(X, DY, W, x_offs, dy_offs, cols, mask, col_mask, mean, rstd, we
 
 
 @triton.jit
+def _tile_rows(first, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2, dy_d1, dy_d2, dy_s0, dy_s1,
+               dy_s2, IS_RMS: tl.constexpr, ROWS: tl.constexpr):
+    """The rows of the tile starting at row ``first``: their mask, the offsets of their x and
+    dy rows, and their float32 (mean, rstd) (mean 0 for RMSNorm; 0 for rows past M)."""
+    rows = first + tl.arange(0, ROWS)
+    row_mask = rows < M
+    rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
+    mean = tl.zeros([ROWS], tl.float32)
+    if not IS_RMS:
+        mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
+    x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
+    dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
+    return rows, row_mask, x_row, dy_row, mean, rstd
+
+
+@triton.jit
+def _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd, dh_d1, dh_d2, dh_s0, dh_s1,
+              dh_s2, HAS_DH: tl.constexpr):
+    """dx = (g - x_hat * c1 - c2) * rstd (+ dh), rounded once to DX's dtype."""
+    dx = (g - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
+    if HAS_DH:
+        dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
+        dx += tl.load(DH + dh_row[:, None] + cols[None, :], mask=mask, other=0.0)
+    tl.store(DX + rows.to(tl.int64)[:, None] * N + cols[None, :], dx, mask=mask)
+
+
+@triton.jit
 def _norm_bwd_kernel(
     X,  # (M, N) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
     DY,  # (M, N) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
@@ -89,27 +116,19 @@ def _norm_bwd_kernel(
         dw_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
         db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
         for i in range(tiles_per_program):
-            rows = first_row + i * ROWS + tl.arange(0, ROWS)
-            row_mask = rows < M
+            rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
+                first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
+                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
             mask = row_mask[:, None] & col_mask[None, :]
-            x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
-            dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
-            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-            mean = tl.zeros([ROWS], tl.float32)
-            if not IS_RMS:
-                mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
             x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + cols[None, :],
                                         dy_row[:, None] + cols[None, :], cols, mask, col_mask,
                                         mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
             c1 = tl.sum(x_hat * g, axis=1) / N
-            dx = g - x_hat * c1[:, None]
+            c2 = tl.zeros([ROWS], tl.float32)
             if not IS_RMS:
-                dx -= (tl.sum(g, axis=1) / N)[:, None]
-            dx *= rstd[:, None]
-            if HAS_DH:
-                dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-                dx += tl.load(DH + dh_row[:, None] + cols[None, :], mask=mask, other=0.0)
-            tl.store(DX + rows.to(tl.int64)[:, None] * N + cols[None, :], dx, mask=mask)
+                c2 = tl.sum(g, axis=1) / N
+            _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd,
+                      dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH)
             if COMPUTE_DW:
                 dw_acc += dy * x_hat
             if COMPUTE_DB:
@@ -122,14 +141,9 @@ def _norm_bwd_kernel(
                      mask=col_mask)
     else:
         for i in range(tiles_per_program):
-            rows = first_row + i * ROWS + tl.arange(0, ROWS)
-            row_mask = rows < M
-            x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
-            dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
-            rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-            mean = tl.zeros([ROWS], tl.float32)
-            if not IS_RMS:
-                mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
+            rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
+                first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
+                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
             sum_xg = tl.zeros([ROWS], tl.float32)
             sum_g = tl.zeros([ROWS], tl.float32)
             for start in range(0, N, BLOCK_N):
@@ -140,7 +154,8 @@ def _norm_bwd_kernel(
                                             dy_row[:, None] + c[None, :], c, mask, c_mask,
                                             mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
                 sum_xg += tl.sum(x_hat * g, axis=1)
-                sum_g += tl.sum(g, axis=1)
+                if not IS_RMS:
+                    sum_g += tl.sum(g, axis=1)
             tl.store(C + rows, sum_xg / N, mask=row_mask)
             tl.store(C + M + rows, sum_g / N, mask=row_mask)
         # pass 2 reads c1, c2 written above by other threads of this program
@@ -151,27 +166,17 @@ def _norm_bwd_kernel(
             dw_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
             db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
             for i in range(tiles_per_program):
-                rows = first_row + i * ROWS + tl.arange(0, ROWS)
-                row_mask = rows < M
+                rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
+                    first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
+                    dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
                 mask = row_mask[:, None] & c_mask[None, :]
-                x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
-                dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
-                rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-                mean = tl.zeros([ROWS], tl.float32)
-                if not IS_RMS:
-                    mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
                 x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + c[None, :],
                                             dy_row[:, None] + c[None, :], c, mask, c_mask,
                                             mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
                 c1 = tl.load(C + rows, mask=row_mask, other=0.0)
-                dx = g - x_hat * c1[:, None]
-                if not IS_RMS:
-                    dx -= tl.load(C + M + rows, mask=row_mask, other=0.0)[:, None]
-                dx *= rstd[:, None]
-                if HAS_DH:
-                    dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-                    dx += tl.load(DH + dh_row[:, None] + c[None, :], mask=mask, other=0.0)
-                tl.store(DX + rows.to(tl.int64)[:, None] * N + c[None, :], dx, mask=mask)
+                c2 = tl.load(C + M + rows, mask=row_mask, other=0.0)
+                _store_dx(DX, DH, rows, c, mask, N, x_hat, g, c1, c2, rstd,
+                          dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH)
                 if COMPUTE_DW:
                     dw_acc += dy * x_hat
                 if COMPUTE_DB:

@@ -23,7 +23,11 @@ ShapeLike = int | Sequence[int] | torch.Size
 
 
 def _rms_eps(dtype: torch.dtype, eps: float | None) -> float:
-    return torch.finfo(dtype).eps if eps is None else float(eps)
+    """eps=None: the machine epsilon of the computation dtype (float32 for 16-bit and float32
+    inputs, float64 for float64), as ``torch.nn.functional.rms_norm`` does."""
+    if eps is not None:
+        return float(eps)
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
 def layer_norm(
@@ -64,7 +68,8 @@ def rms_norm(
     backend: str | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the trailing ``normalized_shape`` dims of ``x``
-    (``torch.nn.functional.rms_norm``'s contract: ``eps=None`` means ``finfo(x.dtype).eps``).
+    (``torch.nn.functional.rms_norm``'s contract: ``eps=None`` means the machine epsilon of the
+    computation dtype, float32 unless x is float64).
 
     Returns:
         y: ``x.shape`` in x's dtype, contiguous.
@@ -113,7 +118,7 @@ def fused_add_rms_norm(
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
-    :func:`fused_add_layer_norm` (``eps=None``: ``finfo`` eps of h's dtype)."""
+    :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
     shape = check_inputs(x, normalized_shape, weight, None, residual=residual, is_rms=True)
     eps = _rms_eps(ops.h_dtype(x, residual, residual_in_fp32), eps)
     y, h, _, _ = ops.norm_fwd(x, residual, weight, None, len(shape), eps,

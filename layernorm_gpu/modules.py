@@ -90,12 +90,12 @@ def _extra(weight_offset: float, backend: str | None) -> str:
 
 
 def _swap(module: nn.Module, backend: str | None) -> nn.Module:
-    if isinstance(module, LayerNorm | RMSNorm):
-        return module
-    if isinstance(module, nn.LayerNorm):
+    """Ours for a ``torch.nn.LayerNorm`` / ``RMSNorm`` (exactly those classes: a subclass may
+    have its own forward), sharing its parameters; anything else unchanged."""
+    if type(module) is nn.LayerNorm:
         new: nn.Module = LayerNorm(module.normalized_shape, module.eps, module.elementwise_affine,
                                    bias=module.bias is not None, device="meta", backend=backend)
-    elif isinstance(module, nn.RMSNorm):
+    elif type(module) is nn.RMSNorm:
         new = RMSNorm(module.normalized_shape, module.eps, module.elementwise_affine,
                       device="meta", backend=backend)
     else:
@@ -111,12 +111,21 @@ def replace_norms(model: nn.Module, *, backend: str | None = None) -> nn.Module:
     """Swap every ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` in ``model`` for ours, in place.
 
     The new modules hold the same parameter tensors, so an optimizer built before the swap
-    keeps working. Returns ``model`` (itself swapped if it is a norm).
+    keeps working; a norm registered under several names stays one (shared) module. Returns
+    ``model`` (or its replacement, if ``model`` itself is a norm).
     """
-    for name, child in list(model.named_children()):
-        swapped = _swap(child, backend)
-        if swapped is child:
-            replace_norms(child, backend=backend)
-        else:
-            setattr(model, name, swapped)
+    swapped: dict[int, nn.Module] = {}
+
+    def visit(parent: nn.Module) -> None:
+        # _modules, not named_children(): the latter skips a module's second name
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) not in swapped:
+                swapped[id(child)] = _swap(child, backend)
+                if swapped[id(child)] is child:
+                    visit(child)
+            parent._modules[name] = swapped[id(child)]
+
+    visit(model)
     return _swap(model, backend)

@@ -24,11 +24,6 @@ from . import dispatch, reference
 _LIB = "layernorm_gpu"
 
 
-def _rows_cols(x: torch.Tensor, n_norm_dims: int) -> tuple[int, int]:
-    lead = x.dim() - n_norm_dims
-    return math.prod(x.shape[:lead]), math.prod(x.shape[lead:])
-
-
 def h_dtype(x: torch.Tensor, residual: torch.Tensor, residual_in_fp32: bool) -> torch.dtype:
     """dtype of ``h = x + residual``: PyTorch's promotion, at least float32 if asked."""
     dtype = torch.promote_types(x.dtype, residual.dtype)
@@ -39,37 +34,48 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _as_rows(t, n_norm_dims):
+    """``t`` with its normalised dims merged into one: ``(*lead, N)`` (a view when it can)."""
+    return t if n_norm_dims == 1 else t.flatten(t.dim() - n_norm_dims)
+
+
 def _reference_fwd(x, weight, bias, n_norm_dims, eps, weight_offset, is_rms):
-    rows, cols = _rows_cols(x, n_norm_dims)
-    x2 = x.reshape(rows, cols)
-    w2 = None if weight is None else weight.reshape(cols)
+    """The reference forward on N-D tensors: ``(y, mean, rstd)``, mean and rstd ``(rows,)``.
+
+    y is a new tensor, never a view: a custom op's output that is a view cannot be modified
+    in place under autograd (``y += residual``), which torch's own layer_norm allows.
+    """
+    x_rows = _as_rows(x, n_norm_dims)
+    w, b = (None if t is None else t.reshape(x_rows.shape[-1]) for t in (weight, bias))
     if is_rms:
-        y, rstd = reference.rms_forward(x2, w2, eps, weight_offset=weight_offset)
+        y, rstd = reference.rms_forward(x_rows, w, eps, weight_offset=weight_offset)
         mean = torch.zeros_like(rstd)
     else:
-        b2 = None if bias is None else bias.reshape(cols)
-        y, mean, rstd = reference.forward(x2, w2, b2, eps, weight_offset=weight_offset)
-    return y.reshape(x.shape), mean, rstd
+        y, mean, rstd = reference.forward(x_rows, w, b, eps, weight_offset=weight_offset)
+    if n_norm_dims > 1:
+        y = y.reshape(x.shape).clone()
+    return y, mean.reshape(-1), rstd.reshape(-1)
 
 
 def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms,
                    has_bias):
     """The reference backward on N-D tensors; ``dh`` is added to dx before its one rounding."""
-    rows, cols = _rows_cols(x, n_norm_dims)
-    x2, dy2 = x.reshape(rows, cols), dy.reshape(rows, cols)
+    x_rows, dy_rows = _as_rows(x, n_norm_dims), _as_rows(dy, n_norm_dims)
     if dh is not None:
         # the reference computes in the stats dtype anyway: an upcast x returns dx unrounded
-        x2 = x2.to(_stats_dtype(x.dtype))
-    w2 = None if weight is None else weight.reshape(cols)
+        x_rows = x_rows.to(_stats_dtype(x.dtype))
+    w = None if weight is None else weight.reshape(x_rows.shape[-1])
+    mean, rstd = mean.reshape(x_rows.shape[:-1]), rstd.reshape(x_rows.shape[:-1])
     if is_rms:
-        dx, dweight = reference.rms_backward(dy2, x2, w2, rstd, weight_offset=weight_offset)
+        dx, dweight = reference.rms_backward(dy_rows, x_rows, w, rstd,
+                                             weight_offset=weight_offset)
         dbias = None
     else:
         dx, dweight, dbias = reference.backward(
-            dy2, x2, w2, mean, rstd, has_bias=has_bias, weight_offset=weight_offset
+            dy_rows, x_rows, w, mean, rstd, has_bias=has_bias, weight_offset=weight_offset
         )
     if dh is not None:
-        dx = (dx + dh.reshape(rows, cols)).to(x.dtype)
+        dx = (dx + _as_rows(dh, n_norm_dims)).to(x.dtype)
     norm_shape = x.shape[x.dim() - n_norm_dims:]
 
     def to_norm_shape(grad):
@@ -126,7 +132,7 @@ def norm_fwd(
 @norm_fwd.register_fake
 def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
       backend):
-    rows, _ = _rows_cols(x, n_norm_dims)
+    rows = math.prod(x.shape[: x.dim() - n_norm_dims])
     norm_dtype = x.dtype
     h = x.new_empty(0)
     if residual is not None:

@@ -1,9 +1,9 @@
 """Exact reference of LayerNorm and RMSNorm: the test oracle and the CPU fallback.
 
 Plain vectorised torch ops written from the closed-form formulas, no autograd inside (but every
-op is differentiable, which is how double backward works). ``x`` is 2-D ``(rows, N)``;
-statistics are per row. Arithmetic is float32 for 16-bit and float32 inputs, float64 for
-float64 inputs ("the accumulation dtype").
+op is differentiable, which is how double backward works). ``x`` is 2-D ``(rows, N)`` (more
+leading dims are accepted and are rows too); statistics are per row. Arithmetic is float32
+for 16-bit and float32 inputs, float64 for float64 inputs ("the accumulation dtype").
 
 Forward::
 
@@ -21,6 +21,8 @@ Backward, with ``x_hat = (x - mean) * rstd`` and ``g = dy * w``::
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["backward", "forward", "rms_backward", "rms_forward"]
@@ -33,15 +35,15 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _stats(x: torch.Tensor, eps: float, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, rstd) of each row of an accumulation-dtype ``x``; mean is zeros for RMSNorm."""
     if is_rms:
-        mean = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        var = (x * x).mean(dim=1)
+        mean = x.new_zeros(x.shape[:-1])
+        var = (x * x).mean(dim=-1)
     else:
-        pivot = x[:, :1] if x.shape[1] > 0 else x.new_zeros((x.shape[0], 1))
+        pivot = x[..., :1] if x.shape[-1] > 0 else x.new_zeros((*x.shape[:-1], 1))
         shifted = x - pivot
-        mean_shifted = shifted.mean(dim=1, keepdim=True)
+        mean_shifted = shifted.mean(dim=-1, keepdim=True)
         centred = shifted - mean_shifted
-        mean = (pivot + mean_shifted).squeeze(1)
-        var = (centred * centred).mean(dim=1)
+        mean = (pivot + mean_shifted).squeeze(-1)
+        var = (centred * centred).mean(dim=-1)
     return mean, torch.rsqrt(var + eps)
 
 
@@ -49,7 +51,7 @@ def _forward(x, weight, bias, eps, is_rms, weight_offset):
     acc = _acc_dtype(x.dtype)
     xf = x.to(acc)
     mean, rstd = _stats(xf, eps, is_rms)
-    y = (xf - mean[:, None]) * rstd[:, None]
+    y = (xf - mean[..., None]) * rstd[..., None]
     if weight is not None:
         y = y * (weight.to(acc) + weight_offset)
     if bias is not None:
@@ -60,15 +62,16 @@ def _forward(x, weight, bias, eps, is_rms, weight_offset):
 def _backward(dy, x, weight, mean, rstd, has_bias, is_rms, weight_offset):
     acc = _acc_dtype(x.dtype)
     xf, dyf = x.to(acc), dy.to(acc)
-    mean, rstd = mean.to(acc)[:, None], rstd.to(acc)[:, None]
+    mean, rstd = mean.to(acc)[..., None], rstd.to(acc)[..., None]
     x_hat = (xf - mean) * rstd
     g = dyf if weight is None else dyf * (weight.to(acc) + weight_offset)
-    dx = g - x_hat * (g * x_hat).mean(dim=1, keepdim=True)
+    dx = g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)
     if not is_rms:
-        dx = dx - g.mean(dim=1, keepdim=True)
+        dx = dx - g.mean(dim=-1, keepdim=True)
     dx = dx * rstd
-    dweight = (dyf * x_hat).sum(dim=0) if weight is not None else None
-    dbias = dyf.sum(dim=0) if has_bias else None
+    rows, n = math.prod(x.shape[:-1]), x.shape[-1]
+    dweight = (dyf * x_hat).reshape(rows, n).sum(dim=0) if weight is not None else None
+    dbias = dyf.reshape(rows, n).sum(dim=0) if has_bias else None
     return dx.to(x.dtype), dweight, dbias
 
 

@@ -1,0 +1,370 @@
+"""Traffic report: the bytes the real kernels move, measured in Triton's interpreter.
+
+Two parts:
+
+* Small problems through the public API (forward, then backward through autograd), traced with
+  :func:`bench.trace.trace`: per tensor, the bytes requested and the distinct bytes, how many
+  times each element was read or written, the launches and the eager torch work around them,
+  and the issue's structural targets checked on those numbers.
+* The big problem (16384 x 4096 bfloat16), too large for the interpreter: the per-launch,
+  per-program, per-tile-slot and per-row bytes are *measured* by running a few programs with the
+  exact config the heuristics pick for it (same block, rows per tile and warps, fewer programs
+  and tiles), checked on one more run, and extrapolated linearly to the real grid and rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from layernorm_gpu.kernels.heuristics import (
+    H100,
+    NormConfig,
+    Target,
+    backward_config,
+    forward_config,
+)
+
+from .bytes_model import H100_BANDWIDTH, ByteCount, bytes_moved
+from .tables import Table, fmt_bytes
+from .trace import ROLES, Traffic, require_interpreter, trace
+
+PARAMETER_ROLES = ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One norm problem: shape, dtype and which features are on."""
+
+    rows: int
+    cols: int
+    dtype: torch.dtype = torch.bfloat16
+    is_rms: bool = False
+    has_weight: bool = True
+    has_bias: bool = True
+    fused_residual: bool = False
+
+    @property
+    def elem_size(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    def describe(self) -> str:
+        kind = "RMSNorm" if self.is_rms else "LayerNorm"
+        if self.fused_residual:
+            kind = f"fused add+{kind}"
+        affine = "+".join(n for n, on in (("w", self.has_weight), ("b", self.has_bias)) if on)
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{kind} {dtype} {self.rows}x{self.cols} affine={affine or 'none'}"
+
+    def byte_model(self, mode: str) -> ByteCount:
+        """The byte model of ``mode`` (``"fwd"`` / ``"bwd"``) for this problem on an H100."""
+        return bytes_moved(mode, self.rows, self.cols, self.elem_size, is_rms=self.is_rms,
+                           has_weight=self.has_weight, has_bias=self.has_bias and not self.is_rms,
+                           fused_residual=self.fused_residual)
+
+
+# Small problems for the structural checks: a ragged single-block row with multi-row tiles, the
+# fused residual path, a persistent backward (more tiles than the 132 H100 programs) and a
+# looped (wide) row with a ragged last chunk.
+STRUCTURAL_CASES = (
+    Case(48, 1000, torch.bfloat16),
+    Case(48, 1000, torch.float16, is_rms=True, has_bias=False, fused_residual=True),
+    Case(600, 1000, torch.bfloat16),
+    Case(3, 20000, torch.float32),
+)
+# The issue's big problem and its targets (total over minimum).
+BIG_CASE = Case(16384, 4096, torch.bfloat16)
+BIG_TARGETS = {"fwd": 1.01, "bwd": 1.04}
+
+
+def _inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        t = torch.randn(*shape, generator=generator).to(case.dtype)
+        return t.requires_grad_(requires_grad)
+
+    return {
+        "x": rand(case.rows, case.cols),
+        "residual": rand(case.rows, case.cols) if case.fused_residual else None,
+        "weight": rand(case.cols) if case.has_weight else None,
+        "bias": rand(case.cols) if case.has_bias and not case.is_rms else None,
+    }
+
+
+def _forward(case: Case, t: dict[str, torch.Tensor | None]) -> list[torch.Tensor]:
+    import layernorm_gpu as lg
+
+    shape = (case.cols,)
+    if case.fused_residual and case.is_rms:
+        return list(lg.fused_add_rms_norm(t["x"], t["residual"], shape, t["weight"],
+                                          backend="triton"))
+    if case.fused_residual:
+        return list(lg.fused_add_layer_norm(t["x"], t["residual"], shape, t["weight"],
+                                            t["bias"], backend="triton"))
+    if case.is_rms:
+        return [lg.rms_norm(t["x"], shape, t["weight"], backend="triton")]
+    return [lg.layer_norm(t["x"], shape, t["weight"], t["bias"], backend="triton")]
+
+
+def op_traffic(case: Case) -> tuple[Traffic, Traffic]:
+    """Trace the forward and the backward (gradients for x, residual, weight, bias; through y
+    and, when fused, h) of ``case`` through the public API."""
+    tensors = _inputs(case, requires_grad=True)
+    outputs: list[torch.Tensor] = []
+    fwd = trace(lambda: outputs.extend(_forward(case, tensors)))
+    grads = [torch.randn_like(o) for o in outputs]
+    bwd = trace(lambda: torch.autograd.backward(outputs, grads))
+    return fwd, bwd
+
+
+@dataclass(frozen=True)
+class Check:
+    """One structural target: what, whether it holds, and the measured numbers."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def _read_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
+    """Every element of ``role`` loaded, each exactly once."""
+    t = traffic.get(role)
+    ok = t.distinct_loaded == nbytes == t.loaded and set(t.loads_per_element) == {1}
+    return Check(f"{phase}: {role} read once", ok,
+                 f"loaded {t.loaded} of {nbytes} B; loads/element {t.loads_per_element}")
+
+
+def _written_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
+    t = traffic.get(role)
+    ok = t.distinct_stored == nbytes == t.stored and set(t.stores_per_element) == {1}
+    return Check(f"{phase}: {role} written once", ok,
+                 f"stored {t.stored} of {nbytes} B; stores/element {t.stores_per_element}")
+
+
+def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H100
+                      ) -> list[Check]:
+    """The issue's structural targets on measured traffic. Rows wider than a single block are
+    read twice by design (the looped kernels make two passes); only launch counts, partial
+    sizes and attribution are checked for them."""
+    tile = case.rows * case.cols
+    es = case.elem_size
+    checks = [
+        Check("forward: 1 Triton launch", len(fwd.launches) == 1,
+              ", ".join(f"{lc.kernel}{lc.grid}" for lc in fwd.launches)),
+        Check("backward: <= 2 Triton launches", len(bwd.launches) <= 2,
+              ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches)),
+    ]
+    for role in ("dW partials", "dB partials"):
+        shapes = [lc.shapes[role] for lc in bwd.launches if role in lc.shapes]
+        if shapes:
+            rows = shapes[0][0]
+            checks.append(Check(f"{role} <= SM count x N", rows <= target.sm_count,
+                                f"{shapes[0]} float32 ({target.sm_count} SMs)"))
+    checks.append(Check("every access attributed to a tensor",
+                        fwd.unattributed_bytes == bwd.unattributed_bytes == 0,
+                        f"{fwd.unattributed_bytes} + {bwd.unattributed_bytes} B unattributed"))
+    fwd_single = forward_config(case.rows, case.cols, es, target).single_block
+    bwd_single = backward_config(case.rows, case.cols, es, target).single_block
+    if fwd_single:
+        checks.append(_read_once("forward", fwd, "x", tile * es))
+        if case.fused_residual:
+            checks.append(_read_once("forward", fwd, "residual", tile * es))
+            checks.append(_written_once("forward", fwd, "h", tile * es))
+        checks.append(_written_once("forward", fwd, "y", tile * es))
+    if bwd_single:
+        x_es = fwd.get("h").nbytes // tile if case.fused_residual else es
+        checks.append(_read_once("backward", bwd, "x", tile * x_es))
+        checks.append(_read_once("backward", bwd, "dy", tile * es))
+        if case.fused_residual:
+            checks.append(_read_once("backward", bwd, "dh", tile * x_es))
+        checks.append(_written_once("backward", bwd, "dx", tile * x_es))
+    return checks
+
+
+def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
+    """Per-tensor bytes, then totals and ratios to ``minimum``."""
+    table = Table(title, ["tensor", "size", "DRAM model", "requested", "loads/elem",
+                          "stores/elem"])
+    dram = requested = 0
+    rereads = 0
+    order = list(ROLES.values())
+    for role, t in sorted(traffic.tensors.items(), key=lambda kv: order.index(kv[0])):
+        distinct = t.distinct_loaded + t.distinct_stored
+        asked = t.loaded + t.stored
+        if role in PARAMETER_ROLES:
+            rereads += t.loaded - t.distinct_loaded
+        dram += distinct
+        requested += asked
+        table.add(role, fmt_bytes(t.nbytes), fmt_bytes(distinct), fmt_bytes(asked),
+                  _hist(t.loads_per_element), _hist(t.stores_per_element))
+    for op in traffic.eager:
+        table.add(f"eager {op.name} ({op.kind})", "", fmt_bytes(op.bytes), fmt_bytes(op.bytes),
+                  "", "")
+    dram += traffic.eager_bytes
+    requested += traffic.eager_bytes
+    table.add("weight/bias re-reads (L2 hits)", "", "", fmt_bytes(rereads), "", "")
+    table.add("minimum", "", fmt_bytes(minimum), fmt_bytes(minimum), "", "")
+    table.add("total", "", fmt_bytes(dram), fmt_bytes(requested), "", "")
+    table.add("total / minimum", "", f"{dram / minimum:.4f}", f"{requested / minimum:.4f}", "",
+              "")
+    launches = ", ".join(f"{lc.kernel} grid={lc.grid[0]}" for lc in traffic.launches)
+    table.notes.append(f"Triton launches: {len(traffic.launches)} ({launches})")
+    if traffic.eager:
+        table.notes.append("eager torch work between launches: "
+                           + ", ".join(f"{op.name} {fmt_bytes(op.bytes)}" for op in traffic.eager))
+    return table
+
+
+def _hist(histogram: dict[int, int]) -> str:
+    return " ".join(f"{times}x:{n}" for times, n in sorted(histogram.items()))
+
+
+def structural_tables(cases: tuple[Case, ...] = STRUCTURAL_CASES) -> tuple[list[Table], bool]:
+    """One traffic table per case and direction, and one table of checks; all checks pass?"""
+    require_interpreter()
+    tables = []
+    checks_table = Table("Structural targets (measured in the interpreter)",
+                         ["case", "target", "result", "measured"])
+    all_passed = True
+    for case in cases:
+        fwd, bwd = op_traffic(case)
+        tables.append(_traffic_table(f"Forward traffic: {case.describe()}", fwd,
+                                     case.byte_model("fwd").minimum))
+        tables.append(_traffic_table(f"Backward traffic: {case.describe()}", bwd,
+                                     case.byte_model("bwd").minimum))
+        for check in structural_checks(case, fwd, bwd):
+            all_passed &= check.passed
+            checks_table.add(case.describe(), check.name, "PASS" if check.passed else "FAIL",
+                             check.detail)
+    tables.append(checks_table)
+    return tables, all_passed
+
+
+# --- the big problem: measured per-unit bytes, extrapolated --------------------------------
+
+# (programs, tiles per program, rows as a multiple of rows_per_tile): four runs fit
+# bytes = a + b*programs + c*tile_slots + d*rows per tensor; the fifth checks the fit.
+_CALIBRATION = ((1, 1, 1), (2, 1, 2), (1, 2, 2), (2, 2, 3))
+_VALIDATION = (3, 2, 5)
+_METRICS = ("loaded", "stored", "distinct_loaded", "distinct_stored")
+
+
+def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traffic:
+    """Trace the launcher of ``mode`` alone (no autograd, random statistics) on ``rows`` rows
+    of ``case`` with launch config ``cfg``."""
+    require_interpreter()
+    fwd_module = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
+    bwd_module = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
+    t = _inputs(replace(case, rows=rows), requires_grad=False)
+    if mode == "fwd":
+        return trace(lambda: fwd_module.norm_fwd(
+            t["x"], t["residual"], t["weight"], t["bias"], n_norm_dims=1, eps=1e-5,
+            is_rms=case.is_rms, h_dtype=case.dtype if case.fused_residual else None,
+            config=cfg))
+    dy = torch.randn(rows, case.cols).to(case.dtype)
+    dh = dy.clone() if case.fused_residual else None
+    mean = torch.zeros(rows)
+    rstd = torch.ones(rows)
+    return trace(lambda: bwd_module.norm_bwd(
+        dy, t["x"], t["weight"], mean, rstd, dh, n_norm_dims=1, is_rms=case.is_rms,
+        dweight_dtype=case.dtype if case.has_weight else None,
+        dbias_dtype=case.dtype if t["bias"] is not None else None, config=cfg))
+
+
+def _features(cfg: NormConfig, rows: int) -> list[int]:
+    return [1, cfg.grid, cfg.grid * cfg.tiles_per_program, rows]
+
+
+def _measurements(traffic: Traffic) -> dict[tuple[str, str], int]:
+    values = {(role, m): getattr(t, m) for role, t in traffic.tensors.items() for m in _METRICS}
+    values[("eager", "bytes")] = traffic.eager_bytes
+    return values
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """Bytes of the big problem per (tensor, metric), from measured per-unit costs."""
+
+    mode: str
+    config: NormConfig
+    bytes: dict[tuple[str, str], float]
+    validated: bool
+
+    def total(self, distinct: bool) -> float:
+        """Distinct (DRAM model) or requested bytes of every tensor, plus the eager work."""
+        keys = ("distinct_loaded", "distinct_stored") if distinct else ("loaded", "stored")
+        return sum(v for (role, m), v in self.bytes.items() if m in keys or role == "eager")
+
+
+def extrapolate(mode: str, case: Case = BIG_CASE, target: Target = H100) -> Extrapolation:
+    """Measure the per-unit bytes of ``case``'s real config and extrapolate to its full size."""
+    config_of = forward_config if mode == "fwd" else backward_config
+    real = config_of(case.rows, case.cols, case.elem_size, target)
+    runs = []
+    for programs, tiles, row_tiles in (*_CALIBRATION, _VALIDATION):
+        cfg = replace(real, grid=programs, tiles_per_program=tiles)
+        rows = row_tiles * real.rows_per_tile
+        traffic = launcher_traffic(mode, case, cfg, rows)
+        runs.append((_features(cfg, rows), _measurements(traffic)))
+    keys = sorted(set().union(*(m for _, m in runs)))
+    design = np.array([f for f, _ in runs[:4]], dtype=float)
+    observed = np.array([[m.get(k, 0) for k in keys] for _, m in runs[:4]], dtype=float)
+    per_unit = np.linalg.solve(design, observed)
+    check_features, check_values = runs[4]
+    predicted = np.array(check_features, dtype=float) @ per_unit
+    validated = bool(np.allclose(predicted, [check_values.get(k, 0) for k in keys], rtol=0,
+                                 atol=0.5))
+    full = np.array(_features(real, case.rows), dtype=float) @ per_unit
+    return Extrapolation(mode, real, dict(zip(keys, full.tolist(), strict=True)), validated)
+
+
+def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
+    """The big problem's forward and backward totals against the issue's targets."""
+    table = Table(f"Big problem: {case.describe()} on H100 (measured per unit, extrapolated)",
+                  ["op", "config", "minimum", "DRAM model (measured)", "ratio", "target",
+                   "requested", "byte model", "H100 time @3.0 TB/s"])
+    ok = True
+    for mode in ("fwd", "bwd"):
+        ex = extrapolate(mode, case)
+        model = case.byte_model(mode)
+        dram = ex.total(distinct=True)
+        ratio = dram / model.minimum
+        ok &= ex.validated and ratio <= BIG_TARGETS[mode]
+        c = ex.config
+        table.add(mode, f"block {c.block_n} x {c.rows_per_tile} rows, {c.num_warps} warps, "
+                        f"grid {c.grid} x {c.tiles_per_program} tiles",
+                  fmt_bytes(model.minimum), fmt_bytes(dram), f"{ratio:.4f}",
+                  f"<= {BIG_TARGETS[mode]}", f"{ex.total(distinct=False) / model.minimum:.4f}",
+                  f"{model.ratio:.4f}", f"{model.seconds() * 1e6:.0f} us")
+        if not ex.validated:
+            table.notes.append(f"{mode}: the linear fit did not reproduce the validation run")
+    table.notes += [
+        "Per-launch, per-program, per-tile-slot and per-row bytes measured in the interpreter on "
+        f"runs of 1-3 programs with the real block/rows/warps, fitted exactly (a 5th run "
+        f"{_VALIDATION} checks the fit) and extrapolated to the real grid and "
+        f"{case.rows} rows; the byte model (bench/bytes_model.py) is shown for comparison.",
+        "DRAM model: distinct bytes per tensor (weight/bias and partial re-reads served by L2) "
+        "plus eager fills; requested: every load/store the SMs issue, over the minimum.",
+    ]
+    return table, ok
+
+
+def prediction_table(rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -> Table:
+    """Byte-model totals and predicted H100 times over the benchmark's hidden sizes."""
+    table = Table(f"Byte model: LayerNorm {str(dtype).removeprefix('torch.')} x {rows} rows, "
+                  "predicted H100 time at 3.0 TB/s",
+                  ["N", "fwd bytes", "fwd ratio", "fwd time", "bwd bytes", "bwd ratio",
+                   "bwd time"])
+    for cols in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144):
+        case = Case(rows, cols, dtype)
+        f, b = case.byte_model("fwd"), case.byte_model("bwd")
+        table.add(cols, fmt_bytes(f.total), f"{f.ratio:.3f}",
+                  f"{f.seconds(H100_BANDWIDTH) * 1e6:.1f} us", fmt_bytes(b.total),
+                  f"{b.ratio:.3f}", f"{b.seconds(H100_BANDWIDTH) * 1e6:.1f} us")
+    table.notes.append("ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx "
+                       "backward); rows above 16384 (forward) / 8192 (backward) are looped and "
+                       "read twice.")
+    return table

@@ -121,12 +121,14 @@ def _flavours(full: bool) -> list[dict]:
 
 def variants(full: bool = False) -> list[Variant]:
     """Every (op, dtype, regime, flavour) to compile. Regimes: 4-row tiles (N=1024), one row
-    per tile (4096), the widest single block (16384 forward, 8192 backward: most registers) and
-    looped rows (65536). The default keeps bfloat16 and float32 and drops the 4-row tiles."""
+    per tile (4096), the widest single blocks (forward: 8192 float32 and 16384 16-bit columns,
+    FWD_MAX_ROW_BYTES; backward: 8192; most registers; 16384 float32 is looped) and looped rows
+    (65536). The default keeps bfloat16 and float32 and drops the 4-row tiles."""
     from layernorm_gpu.kernels import heuristics as h
 
     dtypes = list(DTYPES) if full else ["bfloat16", "float32"]
-    widths = {"fwd": [4096, h.FWD_MAX_SINGLE_BLOCK, 65536],
+    widest_fwd = [h.FWD_MAX_ROW_BYTES // 4, h.FWD_MAX_ROW_BYTES // 2]
+    widths = {"fwd": [4096, *widest_fwd, 65536],
               "bwd": [4096, h.BWD_MAX_SINGLE_BLOCK, 65536]}
     if full:
         widths = {op: [1024, *cols] for op, cols in widths.items()}

@@ -17,33 +17,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Largest power-of-two row the forward keeps whole in registers. At 16384 columns and 16 warps
-# each thread holds 32 float32 values of x plus the same of weight and bias (hoisted out of the
-# row loop): ~100 live registers, inside the 255 limit with room for addresses (no spills in the
-# sm_90 compile report). Wider rows stream through the looped kernel in ``LOOP_BLOCK_N`` chunks.
-FWD_MAX_SINGLE_BLOCK = 16384
+# Register budget: an SM has 65536 registers, so a program of W warps gets at most
+# 65536 / (32 W) per thread: 128 at 16 warps, 64 at 32 warps (the most a program can have).
+#
+# Largest row (in bytes of x) the forward keeps whole in registers: 16384 16-bit columns, 8192
+# float32. At 16384 16-bit columns and 16 warps each thread holds 32 float32 values of x plus
+# the same of weight and bias (hoisted out of the row loop): 127 registers on sm_90, just inside
+# the 128 cap, no spills. 16384 float32 columns spilled in every warp count (the fused forward
+# at 32 warps on sm_80), so float32 switches to the looped kernel a power of two earlier.
+FWD_MAX_ROW_BYTES = 32768
 # The backward holds x, dy, weight and two float32 accumulators (dW, dB) per element: five
 # values against the forward's three, so its single-block limit is half (flash-attn reports
-# spills above 8K columns with register accumulators).
+# spills above 8K columns with register accumulators). In columns, for every dtype.
 BWD_MAX_SINGLE_BLOCK = 8192
-# Chunk width of the looped (wide-row) kernels: 4096 float32 values over 8 warps is 16 per
-# thread, four 128-bit loads in flight per thread per tensor.
+# Chunk width of the looped (wide-row) kernels: 4096 values over 16 warps is 8 per thread, one
+# or two 128-bit loads per tensor. At 8 warps (16 per thread) the fused looped backward spilled
+# on sm_80 (compile report).
 LOOP_BLOCK_N = 4096
-LOOP_NUM_WARPS = 8
+LOOP_NUM_WARPS = 16
 # A tile (rows_per_tile x block_n) should hold at least this many elements, so that a program
 # keeps >= 8 KB of a 16-bit tensor in flight even when rows are short (N = 256 -> 16 rows).
 MIN_TILE_ELEMS = 4096
 MAX_ROWS_PER_TILE = 64
-# ~16 elements per thread: two 128-bit loads of a 16-bit tensor, four of float32.
-ELEMS_PER_THREAD = 16
-MAX_NUM_WARPS = 16
+# 32 bytes of each tensor per thread: two 128-bit loads (16 16-bit or 8 float32 elements).
+BYTES_PER_THREAD = 32
+# 16-bit rows: up to 16 warps (128 registers per thread; at 32 warps their widest tiles spill in
+# the 64-register cap). float32 rows: up to 32 warps, since at 16 warps the widest single-block
+# float32 backward (fused, 8192 columns) spilled 16 bytes on sm_90.
+MAX_NUM_WARPS = {2: 16, 4: 32}
 # Resident threads per SM on sm_80 and sm_90 (the occupancy ceiling for the forward grid).
 THREADS_PER_SM = 2048
 WARP_SIZE = 32
 # Partial-sum reduction: each program owns PARTIAL_BLOCK_N columns and walks the partial rows
-# PARTIAL_BLOCK_P at a time, in order (deterministic). 32 x 128 float32 = 4 warps x 32 values.
-PARTIAL_BLOCK_N = 128
-PARTIAL_BLOCK_P = 32
+# PARTIAL_BLOCK_P at a time, in order (deterministic). 32 columns (128 bytes, one cache line per
+# partial row) give N / 32 programs: 128 at N = 4096, about one per SM; 128 x 32 float32 is
+# 4 warps x 32 values.
+PARTIAL_BLOCK_N = 32
+PARTIAL_BLOCK_P = 128
 PARTIAL_NUM_WARPS = 4
 
 
@@ -93,14 +103,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _row_blocking(n_cols: int, max_single_block: int) -> tuple[int, int, bool, int]:
-    """(block_n, rows_per_tile, single_block, num_warps) from the row width alone."""
+def _row_blocking(n_cols: int, elem_size: int, max_single_block: int
+                  ) -> tuple[int, int, bool, int]:
+    """(block_n, rows_per_tile, single_block, num_warps) from the row width and dtype alone."""
     block_n = next_power_of_2(n_cols)
     if block_n > max_single_block:
         return LOOP_BLOCK_N, 1, False, LOOP_NUM_WARPS
     rows = max(1, min(MAX_ROWS_PER_TILE, MIN_TILE_ELEMS // block_n))
-    warps = (rows * block_n) // (ELEMS_PER_THREAD * WARP_SIZE)
-    return block_n, rows, True, max(1, min(MAX_NUM_WARPS, next_power_of_2(warps)))
+    elem_size = 4 if elem_size >= 4 else 2
+    warps = (rows * block_n * elem_size) // (BYTES_PER_THREAD * WARP_SIZE)
+    max_warps = MAX_NUM_WARPS[elem_size]
+    return block_n, rows, True, max(1, min(max_warps, next_power_of_2(warps)))
 
 
 def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int]:
@@ -111,15 +124,15 @@ def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int
 
 
 def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
-    """Forward launch: whole rows in registers up to FWD_MAX_SINGLE_BLOCK, then chunks.
+    """Forward launch: whole rows in registers up to FWD_MAX_ROW_BYTES of x, then chunks.
 
     The grid fills every SM to its thread limit (THREADS_PER_SM / threads per program programs
     per SM) and no more: beyond that, extra programs only queue, while a persistent program
-    reuses its weight and bias registers across its rows. ``elem_size`` does not change the
-    blocking: the register budget is set by the float32 working copies, not the I/O width.
+    reuses its weight and bias registers across its rows. ``elem_size`` sets the warp cap
+    (MAX_NUM_WARPS).
     """
-    del elem_size  # part of the documented signature; see above
-    block_n, rows, single, warps = _row_blocking(n_cols, FWD_MAX_SINGLE_BLOCK)
+    max_single_block = FWD_MAX_ROW_BYTES // (4 if elem_size >= 4 else 2)
+    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, max_single_block)
     per_sm = max(1, THREADS_PER_SM // (warps * WARP_SIZE))
     grid, tiles = _persistent(n_rows, rows, target.sm_count * per_sm)
     return NormConfig(block_n, rows, single, warps, grid, tiles)
@@ -132,8 +145,7 @@ def backward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H
     keeps the second stage small; to keep the memory system busy with so few programs, each
     one uses up to 16 warps and tiles of >= MIN_TILE_ELEMS elements.
     """
-    del elem_size
-    block_n, rows, single, warps = _row_blocking(n_cols, BWD_MAX_SINGLE_BLOCK)
+    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK)
     grid, tiles = _persistent(n_rows, rows, target.sm_count)
     return NormConfig(block_n, rows, single, warps, grid, tiles)
 

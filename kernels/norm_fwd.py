@@ -200,9 +200,11 @@ def norm_fwd(
     h = None
     if residual is not None:
         h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
-    mean = torch.zeros(n_rows, dtype=torch.float32, device=x.device)
+    # RMSNorm has no mean: zeros, which the backward never reads (one fill, RMSNorm only)
+    mean = (torch.zeros if is_rms else torch.empty)(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0 or n_cols == 0:
+        mean.zero_()
         rstd.fill_(math.nan)  # as torch: the variance of an empty row is 0 / 0
         return y, h, mean, rstd
     x, x_layout = row_layout(x, n_norm_dims)

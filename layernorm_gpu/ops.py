@@ -201,6 +201,9 @@ def _setup_context(ctx, inputs, output):
     (x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, _, backend) = inputs
     _, h, mean, rstd = output
     ctx.fused = residual is not None
+    # mean and rstd are internal outputs: no zero-filled gradients for them (or for an unused
+    # y or h); the backward handles None
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(h if ctx.fused else x, weight, mean, rstd)
     ctx.x_dtype = x.dtype
     ctx.residual_dtype = residual.dtype if ctx.fused else None

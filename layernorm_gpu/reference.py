@@ -32,30 +32,39 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _stats(x: torch.Tensor, eps: float, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, rstd) of each row of an accumulation-dtype ``x``; mean is zeros for RMSNorm."""
-    if is_rms:
-        mean = x.new_zeros(x.shape[:-1])
-        var = (x * x).mean(dim=-1)
-    else:
-        pivot = x[..., :1] if x.shape[-1] > 0 else x.new_zeros((*x.shape[:-1], 1))
-        shifted = x - pivot
-        mean_shifted = shifted.mean(dim=-1, keepdim=True)
-        centred = shifted - mean_shifted
-        mean = (pivot + mean_shifted).squeeze(-1)
-        var = (centred * centred).mean(dim=-1)
-    return mean, torch.rsqrt(var + eps)
+def _sum_of_squares(c: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Row sums of ``c * c``. vector_norm reads c without a temporary, but its gradient at a
+    zero row is NaN, so the differentiable path squares explicitly."""
+    if in_place:
+        return torch.linalg.vector_norm(c, dim=-1).square()
+    return (c * c).sum(dim=-1)
 
 
 def _forward(x, weight, bias, eps, is_rms, weight_offset):
     acc = _acc_dtype(x.dtype)
+    # On CPU every new full-size tensor costs page faults worth several elementwise passes, so
+    # outside autograd this function updates its own temporaries in place (never an input);
+    # with grad enabled (the double-backward path) it stays out of place for autograd.
+    in_place = not torch.is_grad_enabled()
     xf = x.to(acc)
-    mean, rstd = _stats(xf, eps, is_rms)
-    y = (xf - mean[..., None]) * rstd[..., None]
+    n = x.shape[-1]
+    if is_rms:
+        mean = xf.new_zeros(x.shape[:-1])
+        rstd = torch.rsqrt(_sum_of_squares(xf, in_place) / n + eps)
+        y = xf * rstd[..., None]
+    else:
+        pivot = xf[..., :1] if n > 0 else xf.new_zeros((*x.shape[:-1], 1))
+        centred = xf - pivot
+        mean_shifted = centred.mean(dim=-1, keepdim=True)
+        centred = centred.sub_(mean_shifted) if in_place else centred - mean_shifted
+        mean = (pivot + mean_shifted).squeeze(-1)
+        rstd = torch.rsqrt(_sum_of_squares(centred, in_place) / n + eps)
+        y = centred.mul_(rstd[..., None]) if in_place else centred * rstd[..., None]
     if weight is not None:
-        y = y * (weight.to(acc) + weight_offset)
+        scale = weight.to(acc) + weight_offset
+        y = y.mul_(scale) if in_place else y * scale
     if bias is not None:
-        y = y + bias.to(acc)
+        y = y.add_(bias.to(acc)) if in_place else y + bias.to(acc)
     return y.to(x.dtype), mean, rstd
 
 
@@ -63,14 +72,40 @@ def _backward(dy, x, weight, mean, rstd, has_bias, is_rms, weight_offset):
     acc = _acc_dtype(x.dtype)
     xf, dyf = x.to(acc), dy.to(acc)
     mean, rstd = mean.to(acc)[..., None], rstd.to(acc)[..., None]
-    x_hat = (xf - mean) * rstd
-    g = dyf if weight is None else dyf * (weight.to(acc) + weight_offset)
-    dx = g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)
-    if not is_rms:
-        dx = dx - g.mean(dim=-1, keepdim=True)
-    dx = dx * rstd
+    scale = None if weight is None else weight.to(acc) + weight_offset
     rows, n = math.prod(x.shape[:-1]), x.shape[-1]
-    dweight = (dyf * x_hat).reshape(rows, n).sum(dim=0) if weight is not None else None
+    if torch.is_grad_enabled():
+        # the formulas as written, differentiable (the double-backward path)
+        x_hat = (xf - mean) * rstd
+        g = dyf if scale is None else dyf * scale
+        dx = g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)
+        if not is_rms:
+            dx = dx - g.mean(dim=-1, keepdim=True)
+        dx = dx * rstd
+        dweight = None if weight is None else (dyf * x_hat).reshape(rows, n).sum(dim=0)
+    else:
+        # the same formulas through one new buffer (see _forward on the cost of allocations)
+        buf = (xf - mean).mul_(rstd)  # x_hat
+        dweight = None
+        if scale is not None:
+            buf.mul_(dyf)  # dy * x_hat
+            dweight = buf.reshape(rows, n).sum(dim=0)
+            buf.mul_(scale)  # g * x_hat
+        else:
+            buf.mul_(dyf)  # g * x_hat, g = dy
+        c1 = buf.mean(dim=-1, keepdim=True)
+        c2 = None
+        if not is_rms:
+            g = dyf if scale is None else torch.mul(dyf, scale, out=buf)
+            c2 = g.mean(dim=-1, keepdim=True)
+        dx = torch.sub(xf, mean, out=buf).mul_(rstd).mul_(-c1)  # -x_hat * c1
+        if scale is None:
+            dx.add_(dyf)  # + g
+        else:
+            dx.addcmul_(dyf, scale)  # + g
+        if c2 is not None:
+            dx.sub_(c2)
+        dx.mul_(rstd)
     dbias = dyf.reshape(rows, n).sum(dim=0) if has_bias else None
     return dx.to(x.dtype), dweight, dbias
 

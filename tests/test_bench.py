@@ -111,9 +111,10 @@ COMPILED = [
 ]
 # 4100 bfloat16 elements is 8200 bytes: rows not 16-byte aligned, accesses must stay narrow.
 UNALIGNED = compile_report.Variant("fwd", "bfloat16", 4100)
-# Known misses (bench/RESULTS.md), strict xfails so that a fix shows: 4104 bfloat16 elements is
-# 8208 bytes, 16-byte-aligned rows Triton cannot prove aligned (N % 16 != 0); the widest
-# float32 LayerNorm forward spills at the 128-register cap of 16 warps.
+# A known miss (bench/RESULTS.md), a strict xfail so that a fix shows: 4104 bfloat16 elements is
+# 8208 bytes, 16-byte-aligned rows Triton cannot prove aligned (N % 16 != 0). And the widest
+# float32 LayerNorm forward, which spilled at 16 warps (128-register cap) before float32 rows
+# got 32 warps.
 ALIGNED_NOT_PROVEN = compile_report.Variant("fwd", "bfloat16", 4104)
 WIDEST_FP32_LN = compile_report.Variant("fwd", "float32", 16384)
 
@@ -156,7 +157,6 @@ def test_aligned_rows_with_n_not_a_multiple_of_16_are_128_bit(compiled):
     assert _report(compiled, ALIGNED_NOT_PROVEN).vectorized
 
 
-@pytest.mark.xfail(strict=True, reason="16 warps cap a thread at 128 registers; fp32 spills")
 def test_widest_float32_layer_norm_forward_does_not_spill(compiled):
     report = _report(compiled, WIDEST_FP32_LN)
     assert (report.stack, report.local) == (0, 0), report

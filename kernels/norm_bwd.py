@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, backward_config, partial_sum_config
-from .rows import row_layout, row_start
+from .rows import row_layout, row_start, vector_align
 from .target import device_target, launch_guard
 
 
@@ -48,7 +48,7 @@ def _x_hat_and_g(X, DY, W, x_offs, dy_offs, cols, mask, col_mask, mean, rstd, we
 
 @triton.jit
 def _tile_rows(first, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2, dy_d1, dy_d2, dy_s0, dy_s1,
-               dy_s2, IS_RMS: tl.constexpr, ROWS: tl.constexpr):
+               dy_s2, IS_RMS: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
     """The rows of the tile starting at row ``first``: their mask, the offsets of their x and
     dy rows, and their float32 (mean, rstd) (mean 0 for RMSNorm; 0 for rows past M)."""
     rows = first + tl.arange(0, ROWS)
@@ -57,18 +57,18 @@ def _tile_rows(first, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2, dy_d1, dy_d2,
     mean = tl.zeros([ROWS], tl.float32)
     if not IS_RMS:
         mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
-    x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2)
-    dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
+    x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2, ALIGN)
+    dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, ALIGN)
     return rows, row_mask, x_row, dy_row, mean, rstd
 
 
 @triton.jit
 def _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd, dh_d1, dh_d2, dh_s0, dh_s1,
-              dh_s2, HAS_DH: tl.constexpr):
+              dh_s2, HAS_DH: tl.constexpr, ALIGN: tl.constexpr):
     """dx = (g - x_hat * c1 - c2) * rstd (+ dh), rounded once to DX's dtype."""
     dx = (g - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
     if HAS_DH:
-        dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
+        dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, ALIGN)
         dx += tl.load(DH + dh_row[:, None] + cols[None, :], mask=mask, other=0.0)
     tl.store(DX + rows.to(tl.int64)[:, None] * N + cols[None, :], dx, mask=mask)
 
@@ -100,6 +100,7 @@ def _norm_bwd_kernel(
     SINGLE_BLOCK: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """One program computes dx for ``tiles_per_program`` tiles of ``ROWS`` rows and writes its
     row ``pid`` of the dW/dB partials (every program writes its row, even a short one).
@@ -109,6 +110,7 @@ def _norm_bwd_kernel(
     each chunk all the program's rows, so each partial chunk is written once.
     """
     pid = tl.program_id(0)
+    N = (N // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (see norm_fwd)
     cols = tl.arange(0, BLOCK_N)
     first_row = pid * tiles_per_program * ROWS
     if SINGLE_BLOCK:
@@ -118,7 +120,7 @@ def _norm_bwd_kernel(
         for i in range(tiles_per_program):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
                 first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
+                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
             mask = row_mask[:, None] & col_mask[None, :]
             x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + cols[None, :],
                                         dy_row[:, None] + cols[None, :], cols, mask, col_mask,
@@ -128,7 +130,7 @@ def _norm_bwd_kernel(
             if not IS_RMS:
                 c2 = tl.sum(g, axis=1) / N
             _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd,
-                      dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH)
+                      dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH, ALIGN)
             if COMPUTE_DW:
                 dw_acc += dy * x_hat
             if COMPUTE_DB:
@@ -143,7 +145,7 @@ def _norm_bwd_kernel(
         for i in range(tiles_per_program):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
                 first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
+                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
             sum_xg = tl.zeros([ROWS], tl.float32)
             sum_g = tl.zeros([ROWS], tl.float32)
             for start in range(0, N, BLOCK_N):
@@ -168,7 +170,7 @@ def _norm_bwd_kernel(
             for i in range(tiles_per_program):
                 rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
                     first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                    dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS)
+                    dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
                 mask = row_mask[:, None] & c_mask[None, :]
                 x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + c[None, :],
                                             dy_row[:, None] + c[None, :], c, mask, c_mask,
@@ -176,7 +178,7 @@ def _norm_bwd_kernel(
                 c1 = tl.load(C + rows, mask=row_mask, other=0.0)
                 c2 = tl.load(C + M + rows, mask=row_mask, other=0.0)
                 _store_dx(DX, DH, rows, c, mask, N, x_hat, g, c1, c2, rstd,
-                          dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH)
+                          dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH, ALIGN)
                 if COMPUTE_DW:
                     dw_acc += dy * x_hat
                 if COMPUTE_DB:
@@ -265,7 +267,7 @@ def norm_bwd(
         return dx, dweight, dbias
     x, x_layout = row_layout(x, n_norm_dims)
     dy, dy_layout = row_layout(dy, n_norm_dims)
-    dh_args = (1, 1, 0, 0, 0)
+    dh_args, dh_layout = (1, 1, 0, 0, 0), None
     if dh is not None:
         dh, dh_layout = row_layout(dh, n_norm_dims)
         dh_args = (dh_layout.d1, dh_layout.d2, *dh_layout.strides)
@@ -295,6 +297,7 @@ def norm_bwd(
             SINGLE_BLOCK=cfg.single_block,
             ROWS=cfg.rows_per_tile,
             BLOCK_N=cfg.block_n,
+            ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
             num_warps=cfg.num_warps,
         )
         if partial:

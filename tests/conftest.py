@@ -56,13 +56,13 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # 2**-11 for float16, 2**-8 for bfloat16) after float32 arithmetic; allow two such roundings.
 # For float32 outputs the float32 sums themselves set rtol (a few ulps over a row: 1e-6).
 # atol: float32 arithmetic error near zero. dx = rstd * (g - mean(g) - x_hat * mean(g x_hat))
-# cancels, so its error is absolute, ~eps32 * rstd * |g|: up to 1e-5 on short rows with a small
-# variance (PyTorch's own float32 CPU kernel errs by 1.6e-5 on 4-wide rows).
+# cancels, so its error is absolute, ~eps32 * rstd * |g|: above 1e-5 on short rows with a small
+# variance (PyTorch's own float32 CPU kernel errs by 1.6e-5 on 4-wide rows), hence 2e-5.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-6),
-    torch.float16: (1e-5, 2**-10),
-    torch.bfloat16: (1e-5, 2**-7),
+    torch.float32: (2e-5, 1e-6),
+    torch.float16: (2e-5, 2**-10),
+    torch.bfloat16: (2e-5, 2**-7),
 }
 
 

@@ -111,10 +111,9 @@ COMPILED = [
 ]
 # 4100 bfloat16 elements is 8200 bytes: rows not 16-byte aligned, accesses must stay narrow.
 UNALIGNED = compile_report.Variant("fwd", "bfloat16", 4100)
-# A known miss (bench/RESULTS.md), a strict xfail so that a fix shows: 4104 bfloat16 elements is
-# 8208 bytes, 16-byte-aligned rows Triton cannot prove aligned (N % 16 != 0). And the widest
-# float32 LayerNorm forward, which spilled at 16 warps (128-register cap) before float32 rows
-# got 32 warps.
+# 4104 bfloat16 elements is 8208 bytes: 16-byte-aligned rows that Triton's JIT cannot prove
+# aligned (N % 16 != 0) until the kernels assert it (ALIGN). And the widest float32 LayerNorm
+# forward, which spilled at 16 warps (128-register cap) before float32 rows got 32 warps.
 ALIGNED_NOT_PROVEN = compile_report.Variant("fwd", "bfloat16", 4104)
 WIDEST_FP32_LN = compile_report.Variant("fwd", "float32", 16384)
 
@@ -149,10 +148,10 @@ def test_compiled_kernels_have_no_spills_128_bit_tiles_and_64_bit_offsets(compil
 
 def test_unaligned_rows_fail_the_128_bit_check(compiled):
     report = _report(compiled, UNALIGNED)
-    assert not report.vectorized and report.tile_widths == "ld X: 16x16b; st Y: 16x16b"
+    # 8200-byte rows are only 8-byte aligned: 64-bit accesses (ALIGN = 4 elements), not 128
+    assert not report.vectorized and report.tile_widths == "ld X: 4x64b; st Y: 4x64b"
 
 
-@pytest.mark.xfail(strict=True, reason="N % 16 != 0: Triton does not know the rows are aligned")
 def test_aligned_rows_with_n_not_a_multiple_of_16_are_128_bit(compiled):
     assert _report(compiled, ALIGNED_NOT_PROVEN).vectorized
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 from conftest import KERNEL_DTYPES, assert_close, make_input
-from layernorm_gpu.kernels.rows import row_layout
+from layernorm_gpu.kernels.rows import row_layout, vector_align
 
 from layernorm_gpu import kernels, ops
 
@@ -182,7 +182,9 @@ def test_rows_are_batch_invariant():
 
 
 def _strided_views():
-    """(name, x view, copy expected) for layouts the kernels address in place or copy once."""
+    """(name, x view, copy expected) for layouts the kernels address in place or copy once.
+    Drawn at collection time, so from their own seed."""
+    torch.manual_seed(1)
     base = make_input((6, 4, 80), torch.float32)
     return [
         ("sliced rows", base.reshape(24, 80)[:, :64], False),
@@ -250,3 +252,19 @@ def test_rows_of_a_million_elements():
     weight, bias = make_input(shape[1:], torch.float32), make_input(shape[1:], torch.float32)
     _check(_run(x, weight, bias, dy, n_norm_dims=3), _expected(x, weight, bias, dy, n_norm_dims=3),
            1)
+
+
+@pytest.mark.parametrize("shape,n,view,align", [
+    ((8, 4096), 4096, lambda t: t, 16),
+    ((8, 4104), 4104, lambda t: t, 8),
+    ((8, 80), 64, lambda t: t[:, :64], 16),
+    ((8, 4100), 4096, lambda t: t[:, :4096], 4),
+    ((8, 3), 3, lambda t: t, 1),
+    ((1, 4104), 4104, lambda t: t.expand(5, 4104), 8),
+])
+def test_vector_align_divides_the_width_and_every_stride(shape, n, view, align):
+    """The ALIGN the kernels assert: a wrong (too large) one would misalign vector loads."""
+    x = view(torch.zeros(shape))
+    _, layout = row_layout(x, 1)
+    assert vector_align(n, layout) == align
+    assert n % align == 0 and all(s % align == 0 for s in layout.strides)

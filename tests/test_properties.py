@@ -2,13 +2,16 @@
 float64 torch.nn.functional.layer_norm / rms_norm (y, dx, dW, dB).
 
 Error bound per output: at most twice PyTorch's own error at the same dtype (its CPU kernel on
-the same inputs, against the same float64 oracle) plus the conftest tolerance of the output
-dtype, whose atol grows with sqrt(rows) for the column sums dW and dB.
+the same inputs, against the same float64 oracle; zero where torch's result is NaN and ours
+must not be) plus the conftest tolerance of the output dtype, whose atol grows with sqrt(rows)
+for the column sums dW and dB. Examples are derandomized so CI is reproducible; raise
+``LAYERNORM_GPU_HYPOTHESIS_EXAMPLES`` to explore more.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 
 import layernorm_gpu as lg
 
+EXAMPLES = int(os.environ.get("LAYERNORM_GPU_HYPOTHESIS_EXAMPLES", "40"))
 LAYOUTS = ("contiguous", "sliced rows", "strided rows", "transposed leading dims")
 
 
@@ -104,18 +108,21 @@ def _check(case, backend, device):
                                   strict=True):
         atol, rtol = tolerance(g.dtype, red)
         scale = _max_err(torch.zeros_like(o), o.detach())
-        bound = 2 * _max_err(t, o.detach()) + atol + rtol * scale
+        torch_err = _max_err(t, o.detach())
+        if math.isnan(torch_err):  # e.g. float16 N=1, eps=1e-12: torch's rstd overflows
+            torch_err = 0.0
+        bound = 2 * torch_err + atol + rtol * scale
         err = _max_err(g.detach(), o.detach())
         assert err <= bound, (name, err, bound, case)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
 @given(case=cases())
 def test_reference_backend(case):
     _check(case, "reference", torch.device("cpu"))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
 @given(case=cases())
 def test_triton_backend(case):
     _check(case, "triton", KERNEL_DEVICE)

@@ -1,7 +1,8 @@
 """Drop-in modules: ``LayerNorm`` and ``RMSNorm`` subclass ``torch.nn.LayerNorm`` /
-``torch.nn.RMSNorm``, so constructor, attributes, parameter names, initialisation,
-``reset_parameters``, ``extra_repr``, state_dict keys and ``isinstance`` checks are torch's own;
-only ``forward`` runs our ops. ``replace_norms`` swaps them into an existing model."""
+``torch.nn.RMSNorm``, so constructor, attributes, parameter names, initialisation, state_dict
+keys and ``isinstance`` checks are torch's own (``reset_parameters`` and ``extra_repr`` extend
+torch's for our two keyword-only options); ``forward`` runs our ops. ``replace_norms`` swaps
+them into an existing model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,29 @@ from . import functional as F
 __all__ = ["LayerNorm", "RMSNorm", "replace_norms"]
 
 
-class LayerNorm(nn.LayerNorm):
+class _OurOptions:
+    """What our modules add to torch's: ``weight_offset`` (with zero-initialised weight when it
+    is non-zero) and ``backend``, in ``reset_parameters`` and ``extra_repr``."""
+
+    weight: nn.Parameter | None
+    weight_offset: float
+    backend: str | None
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()  # type: ignore[misc]
+        if self.weight is not None and self.weight_offset != 0.0:
+            nn.init.zeros_(self.weight)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()  # type: ignore[misc]
+        if self.weight_offset != 0.0:
+            text += f", weight_offset={self.weight_offset}"
+        if self.backend is not None:
+            text += f", backend={self.backend!r}"
+        return text
+
+
+class LayerNorm(_OurOptions, nn.LayerNorm):
     """``torch.nn.LayerNorm`` running :func:`layernorm_gpu.layer_norm`.
 
     Extra keyword-only arguments: ``backend`` (see :mod:`layernorm_gpu.dispatch`) and
@@ -39,20 +62,12 @@ class LayerNorm(nn.LayerNorm):
         self.backend = backend
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if self.weight is not None and self.weight_offset != 0.0:
-            nn.init.zeros_(self.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
                             weight_offset=self.weight_offset, backend=self.backend)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _extra(self.weight_offset, self.backend)
 
-
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(_OurOptions, nn.RMSNorm):
     """``torch.nn.RMSNorm`` running :func:`layernorm_gpu.rms_norm`; extra keyword-only
     ``weight_offset`` and ``backend`` as in :class:`LayerNorm`."""
 
@@ -71,22 +86,9 @@ class RMSNorm(nn.RMSNorm):
         self.backend = backend
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if self.weight is not None and self.weight_offset != 0.0:
-            nn.init.zeros_(self.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
                           weight_offset=self.weight_offset, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _extra(self.weight_offset, self.backend)
-
-
-def _extra(weight_offset: float, backend: str | None) -> str:
-    text = f", weight_offset={weight_offset}" if weight_offset != 0.0 else ""
-    return text + (f", backend={backend!r}" if backend is not None else "")
 
 
 def _swap(module: nn.Module, backend: str | None) -> nn.Module:

@@ -5,12 +5,15 @@ every SGD step the parameters must equal those of one process trained on the who
 (mean losses over equal halves). CPU runs use gloo (the kernels in Triton's interpreter when
 there is no CUDA, which the spawned ranks inherit through ``TRITON_INTERPRET``); the NCCL run
 needs two GPUs. Ranks are started with ``torch.multiprocessing.spawn`` and rendezvous through a
-file in the test's tmp_path, so no port is involved; a 60 s collective timeout bounds a hang.
+file in the test's tmp_path, so no port is involved; a 60 s collective timeout and a 180 s
+limit on the ranks bound a hang.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,8 @@ WORLD = 2
 BATCH = 8
 STEPS = 3
 WIDTH = 16
+# bounds a hung rank so that the suite fails instead of stalling CI
+RANK_TIMEOUT_S = 180
 
 
 def _model(backend: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -96,14 +101,26 @@ def _worker(rank: int, mode: str, pg_backend: str, backend: str, dtype: torch.dt
             params[name] = full.detach().cpu()
         torch.save({"params": params, "calls": dispatch.calls[backend]},
                    Path(out_dir) / f"rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leave without running destructors: tearing down DDP's reducer and the gloo process group
+    # joins gloo's worker thread while holding the GIL, and that thread may need the GIL to
+    # free a finished work item: a teardown deadlock seen here (torch 2.13, CPU).
+    os._exit(0)
 
 
 def _check_against_single_process(tmp_path: Path, mode: str, pg_backend: str, backend: str,
                                   dtype: torch.dtype, device: torch.device) -> None:
-    mp.spawn(_worker, args=(mode, pg_backend, backend, dtype, str(tmp_path / "rendezvous"),
-                            str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = mp.spawn(_worker, args=(mode, pg_backend, backend, dtype,
+                                    str(tmp_path / "rendezvous"), str(tmp_path)),
+                     nprocs=WORLD, join=False)
+    deadline = time.monotonic() + RANK_TIMEOUT_S
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} ranks did not finish within {RANK_TIMEOUT_S} s")
     model = _model(backend, dtype, device)
     initial = {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
     _train(model, *_data(dtype, device))

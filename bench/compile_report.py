@@ -220,7 +220,7 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
         f.write(cubin)
         f.flush()
         out = subprocess.run([str(tool / "cuobjdump"), "--dump-resource-usage", f.name],
-                             check=True, capture_output=True, text=True).stdout
+                             check=True, capture_output=True, text=True, timeout=120).stdout
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if usage is None:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
@@ -351,7 +351,8 @@ def _compile_in_child(variants_: list[Variant], archs: tuple[int, ...], jobs: in
     request = json.dumps({"variants": [asdict(v) for v in variants_], "archs": list(archs),
                           "jobs": jobs, "unique": unique})
     done = subprocess.run([sys.executable, "-m", "bench.compile_report", "--json"], input=request,
-                          capture_output=True, text=True, env=env, cwd=REPO, check=False)
+                          capture_output=True, text=True, env=env, cwd=REPO, check=False,
+                          timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"compile report child failed:\n{done.stderr[-3000:]}")
     return [KernelReport(**r) for r in json.loads(done.stdout)]

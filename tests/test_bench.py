@@ -198,7 +198,7 @@ def test_32_bit_row_offsets_fail_the_64_bit_check(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="0",
                PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
     done = subprocess.run([sys.executable, "-c", ANALYSE], capture_output=True, text=True,
-                          env=env, check=True)
+                          env=env, check=True, timeout=300)
     accesses = json.loads(done.stdout)
     loads = [(narrow, wide) for is_store, narrow, wide in accesses if not is_store]
     stores = [(narrow, wide) for is_store, narrow, wide in accesses if is_store]

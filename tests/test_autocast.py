@@ -85,24 +85,32 @@ def test_cpu_autocast_keeps_input_dtype(kind: str, x_dtype: torch.dtype, backend
     _check_norm_under_autocast(kind, backend, "cpu", torch.bfloat16, x_dtype, x_dtype)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+# (device, backend, the norm's output dtype): CPU autocast leaves the norm in bfloat16, CUDA
+# autocast runs it in float32
+MODEL_CASES = [pytest.param("cpu", b, torch.bfloat16, id=f"cpu-{b}") for b in CPU_BACKENDS]
+MODEL_CASES.append(pytest.param("cuda", None, torch.float32, id="cuda-auto",
+                                marks=pytest.mark.gpu))
+
+
+@pytest.mark.parametrize(("device", "backend", "out_dtype"), MODEL_CASES)
 @pytest.mark.parametrize("kind", CLASSES)
-def test_cpu_autocast_model_matches_torch(kind: str, backend: str) -> None:
-    """Linear -> norm under CPU autocast: the Linear hands the norm bfloat16 activations and
-    float32 parameters; the swapped model's output is bfloat16, as torch's, and equals the
-    float64 norm of those activations."""
-    theirs, _, oracle = _pair(kind, None, "cpu")
-    linear = nn.Linear(16, HIDDEN)
+def test_autocast_model_matches_torch(kind: str, device: str, backend: str | None,
+                                      out_dtype: torch.dtype) -> None:
+    """Linear -> norm under autocast: the Linear hands the norm bfloat16 activations and
+    float32 parameters; the swapped model's output has torch's dtype and equals the float64
+    norm of those activations."""
+    theirs, _, oracle = _pair(kind, None, device)
+    linear = nn.Linear(16, HIDDEN, device=device)
     model = nn.Sequential(linear, theirs)
     swapped = replace_norms(copy.deepcopy(model), backend=backend)
-    x = make_input((4, 16), torch.float32, "cpu")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = make_input((64, 16), torch.float32, device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         hidden = linear(x)
         y_torch = model(x)
         y = swapped(x)
     assert hidden.dtype == torch.bfloat16
-    assert y.dtype == y_torch.dtype == torch.bfloat16
-    assert_close(y, oracle(hidden.double()))
+    assert y.dtype == y_torch.dtype == out_dtype
+    assert_close(y.cpu(), oracle(hidden.double()).cpu())
 
 
 @pytest.mark.gpu
@@ -114,22 +122,3 @@ def test_cuda_autocast_runs_in_float32(kind: str, x_dtype: torch.dtype, amp_dtyp
                                        backend: str) -> None:
     """CUDA autocast: float32 output and float32 arithmetic, as torch's modules."""
     _check_norm_under_autocast(kind, backend, "cuda", amp_dtype, x_dtype, torch.float32)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("kind", CLASSES)
-def test_cuda_autocast_model_matches_torch(kind: str) -> None:
-    """Linear -> norm under CUDA autocast: the norm gets bfloat16 activations and returns
-    float32, as torch's, equal to the float64 norm of those activations."""
-    theirs, _, oracle = _pair(kind, None, "cuda")
-    linear = nn.Linear(16, HIDDEN, device="cuda")
-    model = nn.Sequential(linear, theirs)
-    swapped = replace_norms(copy.deepcopy(model))
-    x = make_input((64, 16), torch.float32, "cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        hidden = linear(x)
-        y_torch = model(x)
-        y = swapped(x)
-    assert hidden.dtype == torch.bfloat16
-    assert y.dtype == y_torch.dtype == torch.float32
-    assert_close(y, oracle(hidden.double()))

@@ -32,15 +32,23 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     reports = parser.add_argument_group("no-GPU reports")
-    reports.add_argument("--reports", nargs="*", choices=REPORTS, default=None,
-                         help="run these reports (all when given alone) even on a CUDA machine")
-    reports.add_argument("--full", action="store_true",
-                         help="compile every dtype x regime x flavour (slower)")
-    reports.add_argument("--jobs", type=int, default=0,
-                         help="compile worker processes (default: one per CPU core)")
+    reports.add_argument(
+        "--reports",
+        nargs="*",
+        choices=REPORTS,
+        default=None,
+        help="run these reports (all when given alone) even on a CUDA machine",
+    )
+    reports.add_argument(
+        "--full", action="store_true", help="compile every dtype x regime x flavour (slower)"
+    )
+    reports.add_argument(
+        "--jobs", type=int, default=0, help="compile worker processes (default: one per CPU core)"
+    )
     reports.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    reports.add_argument("--strict", action="store_true",
-                         help="exit with status 1 when any target is missed")
+    reports.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when any target is missed"
+    )
     gpu.add_arguments(parser.add_argument_group("GPU benchmark (CUDA only)"))
     return parser
 
@@ -59,15 +67,20 @@ def _reports(args: argparse.Namespace) -> bool:
             print_table(table, args.markdown)
     if "compile" in selected:
         reports = compile_report.compile_all(compile_report.variants(args.full), jobs=args.jobs)
-        title = (f"Compile report ({'full' if args.full else 'representative subset'}), "
-                 "offline for sm_80 and sm_90")
+        title = (
+            f"Compile report ({'full' if args.full else 'representative subset'}), "
+            "offline for sm_80 and sm_90"
+        )
         table, outcomes["compile: no spills, 128-bit tiles, 64-bit offsets"] = (
-            compile_report.report_table(reports, title))
+            compile_report.report_table(reports, title)
+        )
         print_table(table, args.markdown)
-        aligned = compile_report.compile_all(compile_report.alignment_variants(args.full),
-                                             archs=(90,), jobs=args.jobs, unique=False)
+        aligned = compile_report.compile_all(
+            compile_report.alignment_variants(args.full), archs=(90,), jobs=args.jobs, unique=False
+        )
         table, outcomes["compile: 128-bit x/dy for every 16-byte-aligned row"] = (
-            compile_report.alignment_table(aligned))
+            compile_report.alignment_table(aligned)
+        )
         print_table(table, args.markdown)
     if "cpu" in selected:
         table, outcomes["cpu: reference within 2x of torch"] = cpu.timing_table()
@@ -95,8 +108,11 @@ def main() -> None:
         # The reports run the kernels in the interpreter on CPU tensors: use a fresh process
         # that sees no GPU, so that the kernels are imported interpreted.
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
-        sys.exit(subprocess.run([sys.executable, "-m", "bench", *sys.argv[1:]],
-                                env=env, check=False).returncode)
+        sys.exit(
+            subprocess.run(
+                [sys.executable, "-m", "bench", *sys.argv[1:]], env=env, check=False
+            ).returncode
+        )
     met = _reports(args)
     sys.exit(1 if args.strict and not met else 0)
 

@@ -57,6 +57,7 @@ def timing_table(shape: tuple[int, int] = TIMING_SHAPE, repeats: int = 7) -> tup
         def run():
             with torch.no_grad():
                 return norm(x, (cols,), weight, bias)
+
         return run
 
     def forward_backward(norm):
@@ -64,34 +65,51 @@ def timing_table(shape: tuple[int, int] = TIMING_SHAPE, repeats: int = 7) -> tup
             for leaf in leaves:
                 leaf.grad = None
             norm(leaves[0], (cols,), leaves[1], leaves[2]).backward(dy)
+
         return run
 
-    table = Table(f"CPU: reference fallback vs torch.nn.functional.layer_norm, float32 "
-                  f"{rows}x{cols}, {torch.get_num_threads()} threads",
-                  ["pass", "reference (ms)", "torch (ms)", "ratio", "target"])
+    table = Table(
+        f"CPU: reference fallback vs torch.nn.functional.layer_norm, float32 "
+        f"{rows}x{cols}, {torch.get_num_threads()} threads",
+        ["pass", "reference (ms)", "torch (ms)", "ratio", "target"],
+    )
     ok = True
     for name, make in (("forward", forward), ("forward+backward", forward_backward)):
-        times = _median_times({"reference": make(_layer_norms("reference")),
-                               "torch": make(_layer_norms(None))}, repeats)
+        times = _median_times(
+            {"reference": make(_layer_norms("reference")), "torch": make(_layer_norms(None))},
+            repeats,
+        )
         ratio = times["reference"] / times["torch"]
         met = ratio <= TARGET_RATIO
         ok &= met
-        table.add(name, f"{times['reference'] * 1e3:.1f}", f"{times['torch'] * 1e3:.1f}",
-                  f"{ratio:.2f}", f"<= {TARGET_RATIO} {'PASS' if met else 'MISS'}")
-    table.notes.append(f"median of {repeats} interleaved repetitions after a warm-up call; "
-                       f"torch {torch.__version__}")
+        table.add(
+            name,
+            f"{times['reference'] * 1e3:.1f}",
+            f"{times['torch'] * 1e3:.1f}",
+            f"{ratio:.2f}",
+            f"<= {TARGET_RATIO} {'PASS' if met else 'MISS'}",
+        )
+    table.notes.append(
+        f"median of {repeats} interleaved repetitions after a warm-up call; "
+        f"torch {torch.__version__}"
+    )
     return table, ok
 
 
 def interpreter_table(rows: int = 37, cols: int = 1000) -> Table:
     """The Triton kernels (interpreted) against float64 autograd of the same rounded inputs:
     max |error| of y, dx, dweight, dbias per dtype, and that over the largest |value|."""
-    table = Table(f"Triton kernels in the interpreter vs float64, LayerNorm {rows}x{cols}",
-                  ["dtype", "y", "dx", "dweight", "dbias"])
+    table = Table(
+        f"Triton kernels in the interpreter vs float64, LayerNorm {rows}x{cols}",
+        ["dtype", "y", "dx", "dweight", "dbias"],
+    )
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        base = [3.0 + torch.randn(rows, cols, generator=generator),
-                torch.randn(cols, generator=generator), torch.randn(cols, generator=generator)]
+        base = [
+            3.0 + torch.randn(rows, cols, generator=generator),
+            torch.randn(cols, generator=generator),
+            torch.randn(cols, generator=generator),
+        ]
         dy = torch.randn(rows, cols, generator=generator).to(dtype)
         ours = [t.to(dtype).clone().requires_grad_() for t in base]
         oracle = [t.to(dtype).double().requires_grad_() for t in base]
@@ -100,9 +118,14 @@ def interpreter_table(rows: int = 37, cols: int = 1000) -> Table:
         y64 = F.layer_norm(oracle[0], (cols,), oracle[1], oracle[2])
         y64.backward(dy.double())
         pairs = [(y, y64)] + [(a.grad, b.grad) for a, b in zip(ours, oracle, strict=True)]
-        table.add(str(dtype).removeprefix("torch."), *(
-            f"{(a.double() - b).abs().max().item():.2e} "
-            f"({((a.double() - b).abs().max() / b.abs().max()).item():.1e})" for a, b in pairs))
+        table.add(
+            str(dtype).removeprefix("torch."),
+            *(
+                f"{(a.double() - b).abs().max().item():.2e} "
+                f"({((a.double() - b).abs().max() / b.abs().max()).item():.1e})"
+                for a, b in pairs
+            ),
+        )
     table.notes += [
         "max |error| (max |error| / max |float64 value|); inputs offset by 3 (non-zero mean); "
         "errors include the final rounding to the tensor's dtype",

@@ -93,8 +93,11 @@ def _liger(cols: int, dtype: torch.dtype) -> Norm | None:
 def _quack(cols: int, dtype: torch.dtype) -> Norm:
     """quack's LayerNorm forward (CuTe DSL): float32 weight, no bias; the entry point moved
     between releases, so the first one found is used."""
-    for module, name in (("quack.rmsnorm", "layernorm_fwd"), ("quack.layernorm", "layernorm"),
-                         ("quack.layernorm", "_layernorm_fwd")):
+    for module, name in (
+        ("quack.rmsnorm", "layernorm_fwd"),
+        ("quack.layernorm", "layernorm"),
+        ("quack.layernorm", "_layernorm_fwd"),
+    ):
         entry = getattr(importlib.import_module(module), name, None)
         if entry is not None:
             return lambda x, w, b: entry(x.detach(), w.detach().float(), eps=EPS)
@@ -103,11 +106,19 @@ def _quack(cols: int, dtype: torch.dtype) -> Norm:
 
 def available_providers(names: list[str] | None = None) -> list[Provider]:
     """The providers that import here (``names``: keep only these)."""
-    candidates = [Provider(OURS, _ours), Provider("torch", _torch),
-                  Provider("torch.compile", _compiled), Provider("apex", _apex),
-                  Provider("liger", _liger), Provider("quack", _quack, backward=False)]
-    modules = {"apex": "apex.normalization", "liger": "liger_kernel.ops.layer_norm",
-               "quack": "quack"}
+    candidates = [
+        Provider(OURS, _ours),
+        Provider("torch", _torch),
+        Provider("torch.compile", _compiled),
+        Provider("apex", _apex),
+        Provider("liger", _liger),
+        Provider("quack", _quack, backward=False),
+    ]
+    modules = {
+        "apex": "apex.normalization",
+        "liger": "liger_kernel.ops.layer_norm",
+        "quack": "quack",
+    }
     found = []
     for provider in candidates:
         if names and provider.name not in names:
@@ -155,9 +166,11 @@ def _timed(mode: str, norm: Norm, pool: list[_InputSet]) -> tuple[Callable[[], N
     cycle = itertools.cycle(pool)
     leaves = [t for s in pool for t in (s.x, s.weight, s.bias)]
     if mode == "fwd":
+
         def forward() -> None:
             s = next(cycle)
             norm(s.x, s.weight, s.bias)
+
         return forward, []
     if mode == "bwd":
         for s in pool:
@@ -166,11 +179,13 @@ def _timed(mode: str, norm: Norm, pool: list[_InputSet]) -> tuple[Callable[[], N
         def backward() -> None:
             s = next(cycle)
             s.y.backward(s.dy, retain_graph=True)
+
         return backward, leaves
 
     def forward_backward() -> None:
         s = next(cycle)
         norm(s.x, s.weight, s.bias).backward(s.dy)
+
     return forward_backward, leaves
 
 
@@ -224,17 +239,31 @@ def _environment() -> dict[str, str]:
     import triton
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__, "commit": commit,
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": commit,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
-def run_sweep(providers: list[Provider], modes: tuple[str, ...], dtypes: list[str],
-              hidden: tuple[int, ...], copy_bw: float) -> list[Row]:
+def run_sweep(
+    providers: list[Provider],
+    modes: tuple[str, ...],
+    dtypes: list[str],
+    hidden: tuple[int, ...],
+    copy_bw: float,
+) -> list[Row]:
     """Time every (mode, dtype, hidden size, provider); failures are reported and skipped."""
     from rich.progress import Progress
 
@@ -249,8 +278,9 @@ def run_sweep(providers: list[Provider], modes: tuple[str, ...], dtypes: list[st
             rows = rows_for(cols, dtype)
             pool = _input_pool(rows, cols, dtype, l2_bytes)
             for provider, mode in itertools.product(providers, modes):
-                progress.update(task, advance=1,
-                                description=f"{provider.name} {mode} {dtype_name} N={cols}")
+                progress.update(
+                    task, advance=1, description=f"{provider.name} {mode} {dtype_name} N={cols}"
+                )
                 if mode != "fwd" and not provider.backward:
                     continue
                 try:
@@ -259,13 +289,27 @@ def run_sweep(providers: list[Provider], modes: tuple[str, ...], dtypes: list[st
                         continue
                     ms, p20, p80 = measure(mode, norm, pool)
                 except Exception as e:  # one failing provider must not end the sweep
-                    progress.console.print(f"[yellow]{provider.name} {mode} {dtype_name} "
-                                           f"N={cols}: {type(e).__name__}: {e}"[:300])
+                    progress.console.print(
+                        f"[yellow]{provider.name} {mode} {dtype_name} "
+                        f"N={cols}: {type(e).__name__}: {e}"[:300]
+                    )
                     continue
                 gbps = minimum_bytes(mode, rows, cols, dtype) / (ms * 1e-3) / 1e9
-                rows_out.append(Row(**env, mode=mode, dtype=dtype_name, rows=rows, cols=cols,
-                                    provider=provider.name, ms=ms, ms_p20=p20, ms_p80=p80,
-                                    gbps=gbps, copy_fraction=gbps * 1e9 / copy_bw))
+                rows_out.append(
+                    Row(
+                        **env,
+                        mode=mode,
+                        dtype=dtype_name,
+                        rows=rows,
+                        cols=cols,
+                        provider=provider.name,
+                        ms=ms,
+                        ms_p20=p20,
+                        ms_p80=p80,
+                        gbps=gbps,
+                        copy_fraction=gbps * 1e9 / copy_bw,
+                    )
+                )
             del pool
             torch.cuda.empty_cache()
     return rows_out
@@ -280,8 +324,10 @@ def geomean_speedups(rows: list[Row]) -> dict[str, dict[str, float]]:
         if r.provider == OURS or key not in ours:
             continue
         ratios.setdefault(r.provider, {}).setdefault(r.mode, []).append(r.ms / ours[key])
-    return {p: {m: statistics.geometric_mean(v) for m, v in by_mode.items()}
-            for p, by_mode in ratios.items()}
+    return {
+        p: {m: statistics.geometric_mean(v) for m, v in by_mode.items()}
+        for p, by_mode in ratios.items()
+    }
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
@@ -335,14 +381,19 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(batch, seq, 3, self.heads, -1).unbind(2)
-        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                              v.transpose(1, 2), is_causal=True)
+        attn = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
         x = x + self.proj(attn.transpose(1, 2).reshape(batch, seq, dim))
         return x + self.mlp(self.norm2(x))
 
 
-def training_step(dims: tuple[int, ...] = (1024, 4096), batch: int = 8, seq: int = 1024,
-                  dtype: torch.dtype = torch.bfloat16) -> list[tuple[int, float, float]]:
+def training_step(
+    dims: tuple[int, ...] = (1024, 4096),
+    batch: int = 8,
+    seq: int = 1024,
+    dtype: torch.dtype = torch.bfloat16,
+) -> list[tuple[int, float, float]]:
     """(dim, torch ms, ours ms) of one block's forward+backward, same weights and inputs."""
     import copy
 
@@ -359,18 +410,26 @@ def training_step(dims: tuple[int, ...] = (1024, 4096), batch: int = 8, seq: int
         dy = torch.randn_like(x)
         times = []
         for model in (reference, ours):
+
             def step(model=model, x=x, dy=dy) -> None:
                 model(x).backward(dy)
-            times.append(do_bench(step, warmup=25, rep=200,
-                                  grad_to_none=[x, *model.parameters()], return_mode="median"))
+
+            times.append(
+                do_bench(
+                    step,
+                    warmup=25,
+                    rep=200,
+                    grad_to_none=[x, *model.parameters()],
+                    return_mode="median",
+                )
+            )
         results.append((dim, *times))
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line (:func:`add_arguments`) and :func:`run`."""
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
 
@@ -379,14 +438,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The GPU benchmark's command-line options (shared with ``python -m bench``)."""
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--hidden", nargs="+", type=int, default=None,
-                        help=f"hidden sizes (default {HIDDEN_SIZES})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"hidden sizes {QUICK_HIDDEN_SIZES} only")
-    parser.add_argument("--providers", nargs="+", default=None,
-                        help="keep only these providers (default: every one that imports)")
-    parser.add_argument("--save-path", type=Path, default=Path("bench/out"),
-                        help="folder for the CSV and PNGs")
+    parser.add_argument(
+        "--hidden", nargs="+", type=int, default=None, help=f"hidden sizes (default {HIDDEN_SIZES})"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"hidden sizes {QUICK_HIDDEN_SIZES} only"
+    )
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=None,
+        help="keep only these providers (default: every one that imports)",
+    )
+    parser.add_argument(
+        "--save-path", type=Path, default=Path("bench/out"), help="folder for the CSV and PNGs"
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
 
 
@@ -396,8 +462,9 @@ def run(args: argparse.Namespace) -> None:
     from .tables import Table, print_table
 
     if not torch.cuda.is_available():
-        raise SystemExit("the GPU benchmark needs CUDA; `python -m bench` without CUDA prints the "
-                         "no-GPU reports")
+        raise SystemExit(
+            "the GPU benchmark needs CUDA; `python -m bench` without CUDA prints the no-GPU reports"
+        )
     hidden = tuple(args.hidden or (QUICK_HIDDEN_SIZES if args.quick else HIDDEN_SIZES))
     providers = available_providers(args.providers)
     copy_bw = copy_bandwidth()
@@ -407,26 +474,36 @@ def run(args: argparse.Namespace) -> None:
     write_csv(rows, csv_path)
     pngs = plot(rows, copy_bw, args.save_path)
 
-    table = Table(f"LayerNorm on {torch.cuda.get_device_name()} (copy bandwidth "
-                       f"{copy_bw / 1e9:.0f} GB/s)",
-                       ["mode", "dtype", "N", "rows", "provider", "median ms", "GB/s", "of copy"])
+    table = Table(
+        f"LayerNorm on {torch.cuda.get_device_name()} (copy bandwidth {copy_bw / 1e9:.0f} GB/s)",
+        ["mode", "dtype", "N", "rows", "provider", "median ms", "GB/s", "of copy"],
+    )
     for r in rows:
-        table.add(r.mode, r.dtype, r.cols, r.rows, r.provider, f"{r.ms:.4f}", f"{r.gbps:.0f}",
-                  f"{r.copy_fraction:.0%}")
+        table.add(
+            r.mode,
+            r.dtype,
+            r.cols,
+            r.rows,
+            r.provider,
+            f"{r.ms:.4f}",
+            f"{r.gbps:.0f}",
+            f"{r.copy_fraction:.0%}",
+        )
     table.notes += [f"CSV: {csv_path}", "plots: " + ", ".join(str(p) for p in pngs)]
     print_table(table)
 
-    speedups = Table("Geometric-mean speedup of layernorm_gpu (baseline time / ours)",
-                          ["baseline", *args.modes])
+    speedups = Table(
+        "Geometric-mean speedup of layernorm_gpu (baseline time / ours)", ["baseline", *args.modes]
+    )
     for baseline, by_mode in geomean_speedups(rows).items():
-        speedups.add(baseline, *(f"{by_mode[m]:.2f}x" if m in by_mode else "-"
-                                 for m in args.modes))
+        speedups.add(baseline, *(f"{by_mode[m]:.2f}x" if m in by_mode else "-" for m in args.modes))
     print_table(speedups)
 
     if not args.no_train:
-        train = Table("Training step: pre-norm transformer block fwd+bwd, bf16, 8x1024 "
-                           "tokens", ["dim", "torch LayerNorm ms", "layernorm_gpu ms",
-                                      "speedup"])
+        train = Table(
+            "Training step: pre-norm transformer block fwd+bwd, bf16, 8x1024 tokens",
+            ["dim", "torch LayerNorm ms", "layernorm_gpu ms", "speedup"],
+        )
         for dim, theirs, ours in training_step():
             train.add(dim, f"{theirs:.3f}", f"{ours:.3f}", f"{theirs / ours:.3f}x")
         print_table(train)

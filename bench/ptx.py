@@ -89,8 +89,9 @@ def _width(opcode: str) -> int:
     return (int(vector.group(1)) if vector else 1) * (int(bits.group(1)) if bits else 0)
 
 
-def global_accesses(ptx: str, pointer_params: set[int], stride_params: set[int]
-                    ) -> list[GlobalAccess]:
+def global_accesses(
+    ptx: str, pointer_params: set[int], stride_params: set[int]
+) -> list[GlobalAccess]:
     """Every static global load/store, traced to its pointer parameter.
 
     Args:
@@ -126,8 +127,9 @@ def global_accesses(ptx: str, pointer_params: set[int], stride_params: set[int]
         address = ins.sources[:1] if is_store else ins.sources
         params, slice_ = params_of(list(address))
         pointers = params & pointer_params
-        access = GlobalAccess(is_store, _width(ins.opcode),
-                              next(iter(pointers)) if len(pointers) == 1 else None)
+        access = GlobalAccess(
+            is_store, _width(ins.opcode), next(iter(pointers)) if len(pointers) == 1 else None
+        )
         for mul in slice_:
             if not mul.opcode.startswith(("mul", "mad")) or ".f" in mul.opcode:
                 continue

@@ -46,9 +46,26 @@ ROLES = {
 
 # Torch ops that allocate, alias or only read metadata: no memory traffic of their own.
 _NO_TRAFFIC = {
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
-    "view", "_unsafe_view", "reshape", "alias", "as_strided", "expand", "t", "transpose",
-    "permute", "unsqueeze", "squeeze", "slice", "select", "lift_fresh",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "detach",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "alias",
+    "as_strided",
+    "expand",
+    "t",
+    "transpose",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "slice",
+    "select",
+    "lift_fresh",
 }
 # Torch ops that only write their output (a memset kernel on CUDA).
 _FILLS = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "full", "fill_", "zero_"}
@@ -165,8 +182,9 @@ class _Recorder(TorchDispatchMode):
             # Run the custom op's CPU implementation with this mode active, so the torch work
             # inside it (allocations, fills, copies) is seen too.
             with self:
-                return func.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU),
-                                       *args, **kwargs)
+                return func.redispatch(
+                    torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args, **kwargs
+                )
         out = func(*args, **kwargs)
         if not self.in_launch:
             self._record_eager(func, args, kwargs, out)
@@ -176,8 +194,11 @@ class _Recorder(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _NO_TRAFFIC:
             return
-        inputs = [t for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)]
+        inputs = [
+            t
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        ]
         outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         if sum(t.numel() for t in outputs) == 0:
             return  # no tensor written (e.g. promote_types), or an empty one: no kernel

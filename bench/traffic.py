@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
 from layernorm_gpu.kernels.heuristics import (
     H100,
     NormConfig,
@@ -60,9 +61,16 @@ class Case:
 
     def byte_model(self, mode: str) -> ByteCount:
         """The byte model of ``mode`` (``"fwd"`` / ``"bwd"``) for this problem on an H100."""
-        return bytes_moved(mode, self.rows, self.cols, self.elem_size, is_rms=self.is_rms,
-                           has_weight=self.has_weight, has_bias=self.has_bias and not self.is_rms,
-                           fused_residual=self.fused_residual)
+        return bytes_moved(
+            mode,
+            self.rows,
+            self.cols,
+            self.elem_size,
+            is_rms=self.is_rms,
+            has_weight=self.has_weight,
+            has_bias=self.has_bias and not self.is_rms,
+            fused_residual=self.fused_residual,
+        )
 
 
 # Small problems for the structural checks: a ragged single-block row with multi-row tiles, the
@@ -99,11 +107,15 @@ def _forward(case: Case, t: dict[str, torch.Tensor | None]) -> list[torch.Tensor
 
     shape = (case.cols,)
     if case.fused_residual and case.is_rms:
-        return list(lg.fused_add_rms_norm(t["x"], t["residual"], shape, t["weight"],
-                                          backend="triton"))
+        return list(
+            lg.fused_add_rms_norm(t["x"], t["residual"], shape, t["weight"], backend="triton")
+        )
     if case.fused_residual:
-        return list(lg.fused_add_layer_norm(t["x"], t["residual"], shape, t["weight"],
-                                            t["bias"], backend="triton"))
+        return list(
+            lg.fused_add_layer_norm(
+                t["x"], t["residual"], shape, t["weight"], t["bias"], backend="triton"
+            )
+        )
     if case.is_rms:
         return [lg.rms_norm(t["x"], shape, t["weight"], backend="triton")]
     return [lg.layer_norm(t["x"], shape, t["weight"], t["bias"], backend="triton")]
@@ -133,39 +145,59 @@ def _read_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
     """Every element of ``role`` loaded, each exactly once."""
     t = traffic.get(role)
     ok = t.distinct_loaded == nbytes == t.loaded and set(t.loads_per_element) == {1}
-    return Check(f"{phase}: {role} read once", ok,
-                 f"loaded {t.loaded} of {nbytes} B; loads/element {t.loads_per_element}")
+    return Check(
+        f"{phase}: {role} read once",
+        ok,
+        f"loaded {t.loaded} of {nbytes} B; loads/element {t.loads_per_element}",
+    )
 
 
 def _written_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
     t = traffic.get(role)
     ok = t.distinct_stored == nbytes == t.stored and set(t.stores_per_element) == {1}
-    return Check(f"{phase}: {role} written once", ok,
-                 f"stored {t.stored} of {nbytes} B; stores/element {t.stores_per_element}")
+    return Check(
+        f"{phase}: {role} written once",
+        ok,
+        f"stored {t.stored} of {nbytes} B; stores/element {t.stores_per_element}",
+    )
 
 
-def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H100
-                      ) -> list[Check]:
+def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H100) -> list[Check]:
     """The issue's structural targets on measured traffic. Rows wider than a single block are
     read twice by design (the looped kernels make two passes); only launch counts, partial
     sizes and attribution are checked for them."""
     tile = case.rows * case.cols
     es = case.elem_size
     checks = [
-        Check("forward: 1 Triton launch", len(fwd.launches) == 1,
-              ", ".join(f"{lc.kernel}{lc.grid}" for lc in fwd.launches)),
-        Check("backward: <= 2 Triton launches", len(bwd.launches) <= 2,
-              ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches)),
+        Check(
+            "forward: 1 Triton launch",
+            len(fwd.launches) == 1,
+            ", ".join(f"{lc.kernel}{lc.grid}" for lc in fwd.launches),
+        ),
+        Check(
+            "backward: <= 2 Triton launches",
+            len(bwd.launches) <= 2,
+            ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches),
+        ),
     ]
     for role in ("dW partials", "dB partials"):
         shapes = [lc.shapes[role] for lc in bwd.launches if role in lc.shapes]
         if shapes:
             rows = shapes[0][0]
-            checks.append(Check(f"{role} <= SM count x N", rows <= target.sm_count,
-                                f"{shapes[0]} float32 ({target.sm_count} SMs)"))
-    checks.append(Check("every access attributed to a tensor",
-                        fwd.unattributed_bytes == bwd.unattributed_bytes == 0,
-                        f"{fwd.unattributed_bytes} + {bwd.unattributed_bytes} B unattributed"))
+            checks.append(
+                Check(
+                    f"{role} <= SM count x N",
+                    rows <= target.sm_count,
+                    f"{shapes[0]} float32 ({target.sm_count} SMs)",
+                )
+            )
+    checks.append(
+        Check(
+            "every access attributed to a tensor",
+            fwd.unattributed_bytes == bwd.unattributed_bytes == 0,
+            f"{fwd.unattributed_bytes} + {bwd.unattributed_bytes} B unattributed",
+        )
+    )
     fwd_single = forward_config(case.rows, case.cols, es, target).single_block
     bwd_single = backward_config(case.rows, case.cols, es, target).single_block
     if fwd_single:
@@ -186,8 +218,7 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
 
 def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
     """Per-tensor bytes, then totals and ratios to ``minimum``."""
-    table = Table(title, ["tensor", "size", "DRAM model", "requested", "loads/elem",
-                          "stores/elem"])
+    table = Table(title, ["tensor", "size", "DRAM model", "requested", "loads/elem", "stores/elem"])
     dram = requested = 0
     rereads = 0
     order = list(ROLES.values())
@@ -198,23 +229,31 @@ def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
             rereads += t.loaded - t.distinct_loaded
         dram += distinct
         requested += asked
-        table.add(role, fmt_bytes(t.nbytes), fmt_bytes(distinct), fmt_bytes(asked),
-                  _hist(t.loads_per_element), _hist(t.stores_per_element))
+        table.add(
+            role,
+            fmt_bytes(t.nbytes),
+            fmt_bytes(distinct),
+            fmt_bytes(asked),
+            _hist(t.loads_per_element),
+            _hist(t.stores_per_element),
+        )
     for op in traffic.eager:
-        table.add(f"eager {op.name} ({op.kind})", "", fmt_bytes(op.bytes), fmt_bytes(op.bytes),
-                  "", "")
+        table.add(
+            f"eager {op.name} ({op.kind})", "", fmt_bytes(op.bytes), fmt_bytes(op.bytes), "", ""
+        )
     dram += traffic.eager_bytes
     requested += traffic.eager_bytes
     table.add("weight/bias re-reads (L2 hits)", "", "", fmt_bytes(rereads), "", "")
     table.add("minimum", "", fmt_bytes(minimum), fmt_bytes(minimum), "", "")
     table.add("total", "", fmt_bytes(dram), fmt_bytes(requested), "", "")
-    table.add("total / minimum", "", f"{dram / minimum:.4f}", f"{requested / minimum:.4f}", "",
-              "")
+    table.add("total / minimum", "", f"{dram / minimum:.4f}", f"{requested / minimum:.4f}", "", "")
     launches = ", ".join(f"{lc.kernel} grid={lc.grid[0]}" for lc in traffic.launches)
     table.notes.append(f"Triton launches: {len(traffic.launches)} ({launches})")
     if traffic.eager:
-        table.notes.append("eager torch work between launches: "
-                           + ", ".join(f"{op.name} {fmt_bytes(op.bytes)}" for op in traffic.eager))
+        table.notes.append(
+            "eager torch work between launches: "
+            + ", ".join(f"{op.name} {fmt_bytes(op.bytes)}" for op in traffic.eager)
+        )
     return table
 
 
@@ -226,19 +265,27 @@ def structural_tables(cases: tuple[Case, ...] = STRUCTURAL_CASES) -> tuple[list[
     """One traffic table per case and direction, and one table of checks; all checks pass?"""
     require_interpreter()
     tables = []
-    checks_table = Table("Structural targets (measured in the interpreter)",
-                         ["case", "target", "result", "measured"])
+    checks_table = Table(
+        "Structural targets (measured in the interpreter)", ["case", "target", "result", "measured"]
+    )
     all_passed = True
     for case in cases:
         fwd, bwd = op_traffic(case)
-        tables.append(_traffic_table(f"Forward traffic: {case.describe()}", fwd,
-                                     case.byte_model("fwd").minimum))
-        tables.append(_traffic_table(f"Backward traffic: {case.describe()}", bwd,
-                                     case.byte_model("bwd").minimum))
+        tables.append(
+            _traffic_table(
+                f"Forward traffic: {case.describe()}", fwd, case.byte_model("fwd").minimum
+            )
+        )
+        tables.append(
+            _traffic_table(
+                f"Backward traffic: {case.describe()}", bwd, case.byte_model("bwd").minimum
+            )
+        )
         for check in structural_checks(case, fwd, bwd):
             all_passed &= check.passed
-            checks_table.add(case.describe(), check.name, "PASS" if check.passed else "FAIL",
-                             check.detail)
+            checks_table.add(
+                case.describe(), check.name, "PASS" if check.passed else "FAIL", check.detail
+            )
     tables.append(checks_table)
     return tables, all_passed
 
@@ -260,18 +307,38 @@ def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traff
     bwd_module = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
     t = _inputs(replace(case, rows=rows), requires_grad=False)
     if mode == "fwd":
-        return trace(lambda: fwd_module.norm_fwd(
-            t["x"], t["residual"], t["weight"], t["bias"], n_norm_dims=1, eps=1e-5,
-            is_rms=case.is_rms, h_dtype=case.dtype if case.fused_residual else None,
-            config=cfg))
+        return trace(
+            lambda: fwd_module.norm_fwd(
+                t["x"],
+                t["residual"],
+                t["weight"],
+                t["bias"],
+                n_norm_dims=1,
+                eps=1e-5,
+                is_rms=case.is_rms,
+                h_dtype=case.dtype if case.fused_residual else None,
+                config=cfg,
+            )
+        )
     dy = torch.randn(rows, case.cols).to(case.dtype)
     dh = dy.clone() if case.fused_residual else None
     mean = torch.zeros(rows)
     rstd = torch.ones(rows)
-    return trace(lambda: bwd_module.norm_bwd(
-        dy, t["x"], t["weight"], mean, rstd, dh, n_norm_dims=1, is_rms=case.is_rms,
-        dweight_dtype=case.dtype if case.has_weight else None,
-        dbias_dtype=case.dtype if t["bias"] is not None else None, config=cfg))
+    return trace(
+        lambda: bwd_module.norm_bwd(
+            dy,
+            t["x"],
+            t["weight"],
+            mean,
+            rstd,
+            dh,
+            n_norm_dims=1,
+            is_rms=case.is_rms,
+            dweight_dtype=case.dtype if case.has_weight else None,
+            dbias_dtype=case.dtype if t["bias"] is not None else None,
+            config=cfg,
+        )
+    )
 
 
 def _features(cfg: NormConfig, rows: int) -> list[int]:
@@ -315,17 +382,29 @@ def extrapolate(mode: str, case: Case = BIG_CASE, target: Target = H100) -> Extr
     per_unit = np.linalg.solve(design, observed)
     check_features, check_values = runs[4]
     predicted = np.array(check_features, dtype=float) @ per_unit
-    validated = bool(np.allclose(predicted, [check_values.get(k, 0) for k in keys], rtol=0,
-                                 atol=0.5))
+    validated = bool(
+        np.allclose(predicted, [check_values.get(k, 0) for k in keys], rtol=0, atol=0.5)
+    )
     full = np.array(_features(real, case.rows), dtype=float) @ per_unit
     return Extrapolation(mode, real, dict(zip(keys, full.tolist(), strict=True)), validated)
 
 
 def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
     """The big problem's forward and backward totals against the issue's targets."""
-    table = Table(f"Big problem: {case.describe()} on H100 (measured per unit, extrapolated)",
-                  ["op", "config", "minimum", "DRAM model (measured)", "ratio", "target",
-                   "requested", "byte model", "H100 time @3.0 TB/s"])
+    table = Table(
+        f"Big problem: {case.describe()} on H100 (measured per unit, extrapolated)",
+        [
+            "op",
+            "config",
+            "minimum",
+            "DRAM model (measured)",
+            "ratio",
+            "target",
+            "requested",
+            "byte model",
+            "H100 time @3.0 TB/s",
+        ],
+    )
     ok = True
     for mode in ("fwd", "bwd"):
         ex = extrapolate(mode, case)
@@ -334,11 +413,18 @@ def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
         ratio = dram / model.minimum
         ok &= ex.validated and ratio <= BIG_TARGETS[mode]
         c = ex.config
-        table.add(mode, f"block {c.block_n} x {c.rows_per_tile} rows, {c.num_warps} warps, "
-                        f"grid {c.grid} x {c.tiles_per_program} tiles",
-                  fmt_bytes(model.minimum), fmt_bytes(dram), f"{ratio:.4f}",
-                  f"<= {BIG_TARGETS[mode]}", f"{ex.total(distinct=False) / model.minimum:.4f}",
-                  f"{model.ratio:.4f}", f"{model.seconds() * 1e6:.0f} us")
+        table.add(
+            mode,
+            f"block {c.block_n} x {c.rows_per_tile} rows, {c.num_warps} warps, "
+            f"grid {c.grid} x {c.tiles_per_program} tiles",
+            fmt_bytes(model.minimum),
+            fmt_bytes(dram),
+            f"{ratio:.4f}",
+            f"<= {BIG_TARGETS[mode]}",
+            f"{ex.total(distinct=False) / model.minimum:.4f}",
+            f"{model.ratio:.4f}",
+            f"{model.seconds() * 1e6:.0f} us",
+        )
         if not ex.validated:
             table.notes.append(f"{mode}: the linear fit did not reproduce the validation run")
     table.notes += [
@@ -354,17 +440,26 @@ def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
 
 def prediction_table(rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -> Table:
     """Byte-model totals and predicted H100 times over the benchmark's hidden sizes."""
-    table = Table(f"Byte model: LayerNorm {str(dtype).removeprefix('torch.')} x {rows} rows, "
-                  "predicted H100 time at 3.0 TB/s",
-                  ["N", "fwd bytes", "fwd ratio", "fwd time", "bwd bytes", "bwd ratio",
-                   "bwd time"])
+    table = Table(
+        f"Byte model: LayerNorm {str(dtype).removeprefix('torch.')} x {rows} rows, "
+        "predicted H100 time at 3.0 TB/s",
+        ["N", "fwd bytes", "fwd ratio", "fwd time", "bwd bytes", "bwd ratio", "bwd time"],
+    )
     for cols in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144):
         case = Case(rows, cols, dtype)
         f, b = case.byte_model("fwd"), case.byte_model("bwd")
-        table.add(cols, fmt_bytes(f.total), f"{f.ratio:.3f}",
-                  f"{f.seconds(H100_BANDWIDTH) * 1e6:.1f} us", fmt_bytes(b.total),
-                  f"{b.ratio:.3f}", f"{b.seconds(H100_BANDWIDTH) * 1e6:.1f} us")
-    table.notes.append("ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx "
-                       "backward); rows above 16384 (forward) / 8192 (backward) are looped and "
-                       "read twice.")
+        table.add(
+            cols,
+            fmt_bytes(f.total),
+            f"{f.ratio:.3f}",
+            f"{f.seconds(H100_BANDWIDTH) * 1e6:.1f} us",
+            fmt_bytes(b.total),
+            f"{b.ratio:.3f}",
+            f"{b.seconds(H100_BANDWIDTH) * 1e6:.1f} us",
+        )
+    table.notes.append(
+        "ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx "
+        "backward); rows above 16384 (forward) / 8192 (backward) are looped and "
+        "read twice."
+    )
     return table

@@ -215,8 +215,7 @@ def plot(losses: dict[str, list[float]], out: Path) -> None:
     plt.close(fig)
 
 
-def summarize(losses: dict[str, list[float]], times: dict[str, list[float]],
-              warmup: int) -> None:
+def summarize(losses: dict[str, list[float]], times: dict[str, list[float]], warmup: int) -> None:
     """Print a table of final loss and step times (after ``warmup`` steps) per run."""
     from rich.console import Console
     from rich.table import Table
@@ -226,8 +225,13 @@ def summarize(losses: dict[str, list[float]], times: dict[str, list[float]],
         table.add_column(column, justify="right")
     for name, curve in losses.items():
         steady = times[name][warmup:] or times[name]
-        table.add_row(name, f"{curve[0]:.5f}", f"{curve[-1]:.5f}",
-                      f"{statistics.median(steady):.2f}", f"{statistics.fmean(steady):.2f}")
+        table.add_row(
+            name,
+            f"{curve[0]:.5f}",
+            f"{curve[-1]:.5f}",
+            f"{statistics.median(steady):.2f}",
+            f"{statistics.fmean(steady):.2f}",
+        )
     console = Console()
     console.print(table)
     (_, a), (_, b) = losses.items()
@@ -238,14 +242,26 @@ def summarize(losses: dict[str, list[float]], times: dict[str, list[float]],
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps per run")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when present, else cpu)")
-    parser.add_argument("--out", type=Path, help="PNG of the loss curves",
-                        default=Path(__file__).parent / "out" / "train_loss.png")
-    parser.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
-                        help="layernorm_gpu backend of the swapped norms")
-    parser.add_argument("--norm", default="layer", choices=("layer", "rms"),
-                        help="LayerNorm or RMSNorm blocks")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda when present, else cpu)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="PNG of the loss curves",
+        default=Path(__file__).parent / "out" / "train_loss.png",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "triton", "reference"),
+        help="layernorm_gpu backend of the swapped norms",
+    )
+    parser.add_argument(
+        "--norm", default="layer", choices=("layer", "rms"), help="LayerNorm or RMSNorm blocks"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and the batches")
@@ -258,8 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     config = GPTConfig(vocab_size=vocab, norm=args.norm)
     torch.manual_seed(args.seed)
     reference_model = TinyGPT(config).to(device)
-    our_model = layernorm_gpu.replace_norms(copy.deepcopy(reference_model),
-                                            backend=args.backend)
+    our_model = layernorm_gpu.replace_norms(copy.deepcopy(reference_model), backend=args.backend)
 
     losses, times = {}, {}
     dispatch.calls.clear()

@@ -103,8 +103,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _row_blocking(n_cols: int, elem_size: int, max_single_block: int
-                  ) -> tuple[int, int, bool, int]:
+def _row_blocking(n_cols: int, elem_size: int, max_single_block: int) -> tuple[int, int, bool, int]:
     """(block_n, rows_per_tile, single_block, num_warps) from the row width and dtype alone."""
     block_n = next_power_of_2(n_cols)
     if block_n > max_single_block:

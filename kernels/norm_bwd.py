@@ -29,8 +29,21 @@ from .target import device_target, launch_guard
 
 
 @triton.jit
-def _x_hat_and_g(X, DY, W, x_offs, dy_offs, cols, mask, col_mask, mean, rstd, weight_offset,
-                 IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+def _x_hat_and_g(
+    X,
+    DY,
+    W,
+    x_offs,
+    dy_offs,
+    cols,
+    mask,
+    col_mask,
+    mean,
+    rstd,
+    weight_offset,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+):
     """float32 ``(x_hat, g, dy)`` of a tile; masked lanes are exactly zero."""
     x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
@@ -47,8 +60,25 @@ def _x_hat_and_g(X, DY, W, x_offs, dy_offs, cols, mask, col_mask, mean, rstd, we
 
 
 @triton.jit
-def _tile_rows(first, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2, dy_d1, dy_d2, dy_s0, dy_s1,
-               dy_s2, IS_RMS: tl.constexpr, ROWS: tl.constexpr, ALIGN: tl.constexpr):
+def _tile_rows(
+    first,
+    M,
+    Mean,
+    Rstd,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    dy_d1,
+    dy_d2,
+    dy_s0,
+    dy_s1,
+    dy_s2,
+    IS_RMS: tl.constexpr,
+    ROWS: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
     """The rows of the tile starting at row ``first``: their mask, the offsets of their x and
     dy rows, and their float32 (mean, rstd) (mean 0 for RMSNorm; 0 for rows past M)."""
     rows = first + tl.arange(0, ROWS)
@@ -63,8 +93,26 @@ def _tile_rows(first, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2, dy_d1, dy_d2,
 
 
 @triton.jit
-def _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd, dh_d1, dh_d2, dh_s0, dh_s1,
-              dh_s2, HAS_DH: tl.constexpr, ALIGN: tl.constexpr):
+def _store_dx(
+    DX,
+    DH,
+    rows,
+    cols,
+    mask,
+    N,
+    x_hat,
+    g,
+    c1,
+    c2,
+    rstd,
+    dh_d1,
+    dh_d2,
+    dh_s0,
+    dh_s1,
+    dh_s2,
+    HAS_DH: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
     """dx = (g - x_hat * c1 - c2) * rstd (+ dh), rounded once to DX's dtype."""
     dx = (g - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
     if HAS_DH:
@@ -87,9 +135,21 @@ def _norm_bwd_kernel(
     C,  # (2, M) float32 scratch for (c1, c2), looped kernel only
     M,
     N,
-    x_d1, x_d2, x_s0, x_s1, x_s2,
-    dy_d1, dy_d2, dy_s0, dy_s1, dy_s2,
-    dh_d1, dh_d2, dh_s0, dh_s1, dh_s2,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    dy_d1,
+    dy_d2,
+    dy_s0,
+    dy_s1,
+    dy_s2,
+    dh_d1,
+    dh_d2,
+    dh_s0,
+    dh_s1,
+    dh_s2,
     weight_offset,
     tiles_per_program,
     IS_RMS: tl.constexpr,
@@ -119,42 +179,118 @@ def _norm_bwd_kernel(
         db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
         for i in range(tiles_per_program):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
+                first_row + i * ROWS,
+                M,
+                Mean,
+                Rstd,
+                x_d1,
+                x_d2,
+                x_s0,
+                x_s1,
+                x_s2,
+                dy_d1,
+                dy_d2,
+                dy_s0,
+                dy_s1,
+                dy_s2,
+                IS_RMS,
+                ROWS,
+                ALIGN,
+            )
             mask = row_mask[:, None] & col_mask[None, :]
-            x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + cols[None, :],
-                                        dy_row[:, None] + cols[None, :], cols, mask, col_mask,
-                                        mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
+            x_hat, g, dy = _x_hat_and_g(
+                X,
+                DY,
+                W,
+                x_row[:, None] + cols[None, :],
+                dy_row[:, None] + cols[None, :],
+                cols,
+                mask,
+                col_mask,
+                mean,
+                rstd,
+                weight_offset,
+                IS_RMS,
+                HAS_WEIGHT,
+            )
             c1 = tl.sum(x_hat * g, axis=1) / N
             c2 = tl.zeros([ROWS], tl.float32)
             if not IS_RMS:
                 c2 = tl.sum(g, axis=1) / N
-            _store_dx(DX, DH, rows, cols, mask, N, x_hat, g, c1, c2, rstd,
-                      dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH, ALIGN)
+            _store_dx(
+                DX,
+                DH,
+                rows,
+                cols,
+                mask,
+                N,
+                x_hat,
+                g,
+                c1,
+                c2,
+                rstd,
+                dh_d1,
+                dh_d2,
+                dh_s0,
+                dh_s1,
+                dh_s2,
+                HAS_DH,
+                ALIGN,
+            )
             if COMPUTE_DW:
                 dw_acc += dy * x_hat
             if COMPUTE_DB:
                 db_acc += dy
         if COMPUTE_DW:
-            tl.store(DW_partial + pid.to(tl.int64) * N + cols, tl.sum(dw_acc, axis=0),
-                     mask=col_mask)
+            tl.store(
+                DW_partial + pid.to(tl.int64) * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask
+            )
         if COMPUTE_DB:
-            tl.store(DB_partial + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0),
-                     mask=col_mask)
+            tl.store(
+                DB_partial + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0), mask=col_mask
+            )
     else:
         for i in range(tiles_per_program):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
+                first_row + i * ROWS,
+                M,
+                Mean,
+                Rstd,
+                x_d1,
+                x_d2,
+                x_s0,
+                x_s1,
+                x_s2,
+                dy_d1,
+                dy_d2,
+                dy_s0,
+                dy_s1,
+                dy_s2,
+                IS_RMS,
+                ROWS,
+                ALIGN,
+            )
             sum_xg = tl.zeros([ROWS], tl.float32)
             sum_g = tl.zeros([ROWS], tl.float32)
             for start in range(0, N, BLOCK_N):
                 c = start + cols
                 c_mask = c < N
                 mask = row_mask[:, None] & c_mask[None, :]
-                x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + c[None, :],
-                                            dy_row[:, None] + c[None, :], c, mask, c_mask,
-                                            mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
+                x_hat, g, dy = _x_hat_and_g(
+                    X,
+                    DY,
+                    W,
+                    x_row[:, None] + c[None, :],
+                    dy_row[:, None] + c[None, :],
+                    c,
+                    mask,
+                    c_mask,
+                    mean,
+                    rstd,
+                    weight_offset,
+                    IS_RMS,
+                    HAS_WEIGHT,
+                )
                 sum_xg += tl.sum(x_hat * g, axis=1)
                 if not IS_RMS:
                     sum_g += tl.sum(g, axis=1)
@@ -169,16 +305,62 @@ def _norm_bwd_kernel(
             db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
             for i in range(tiles_per_program):
                 rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                    first_row + i * ROWS, M, Mean, Rstd, x_d1, x_d2, x_s0, x_s1, x_s2,
-                    dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, IS_RMS, ROWS, ALIGN)
+                    first_row + i * ROWS,
+                    M,
+                    Mean,
+                    Rstd,
+                    x_d1,
+                    x_d2,
+                    x_s0,
+                    x_s1,
+                    x_s2,
+                    dy_d1,
+                    dy_d2,
+                    dy_s0,
+                    dy_s1,
+                    dy_s2,
+                    IS_RMS,
+                    ROWS,
+                    ALIGN,
+                )
                 mask = row_mask[:, None] & c_mask[None, :]
-                x_hat, g, dy = _x_hat_and_g(X, DY, W, x_row[:, None] + c[None, :],
-                                            dy_row[:, None] + c[None, :], c, mask, c_mask,
-                                            mean, rstd, weight_offset, IS_RMS, HAS_WEIGHT)
+                x_hat, g, dy = _x_hat_and_g(
+                    X,
+                    DY,
+                    W,
+                    x_row[:, None] + c[None, :],
+                    dy_row[:, None] + c[None, :],
+                    c,
+                    mask,
+                    c_mask,
+                    mean,
+                    rstd,
+                    weight_offset,
+                    IS_RMS,
+                    HAS_WEIGHT,
+                )
                 c1 = tl.load(C + rows, mask=row_mask, other=0.0)
                 c2 = tl.load(C + M + rows, mask=row_mask, other=0.0)
-                _store_dx(DX, DH, rows, c, mask, N, x_hat, g, c1, c2, rstd,
-                          dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, HAS_DH, ALIGN)
+                _store_dx(
+                    DX,
+                    DH,
+                    rows,
+                    c,
+                    mask,
+                    N,
+                    x_hat,
+                    g,
+                    c1,
+                    c2,
+                    rstd,
+                    dh_d1,
+                    dh_d2,
+                    dh_s0,
+                    dh_s1,
+                    dh_s2,
+                    HAS_DH,
+                    ALIGN,
+                )
                 if COMPUTE_DW:
                     dw_acc += dy * x_hat
                 if COMPUTE_DB:
@@ -250,7 +432,7 @@ def norm_bwd(
         ``(dx, dweight, dbias)``: dx ``x.shape`` in x's dtype, contiguous; dW/dB ``norm``
         shape or None.
     """
-    norm_shape = x.shape[x.dim() - n_norm_dims:]
+    norm_shape = x.shape[x.dim() - n_norm_dims :]
     n_cols = math.prod(norm_shape)
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
     device = x.device
@@ -283,12 +465,27 @@ def norm_bwd(
         scratch = torch.empty((2, n_rows), dtype=torch.float32, device=device)
     with launch_guard(device):
         _norm_bwd_kernel[(cfg.grid,)](
-            x, dy, dh, dx, weight, mean, rstd, partial.get("dw"), partial.get("db"), scratch,
-            n_rows, n_cols,
-            x_layout.d1, x_layout.d2, *x_layout.strides,
-            dy_layout.d1, dy_layout.d2, *dy_layout.strides,
+            x,
+            dy,
+            dh,
+            dx,
+            weight,
+            mean,
+            rstd,
+            partial.get("dw"),
+            partial.get("db"),
+            scratch,
+            n_rows,
+            n_cols,
+            x_layout.d1,
+            x_layout.d2,
+            *x_layout.strides,
+            dy_layout.d1,
+            dy_layout.d2,
+            *dy_layout.strides,
             *dh_args,
-            weight_offset, cfg.tiles_per_program,
+            weight_offset,
+            cfg.tiles_per_program,
             IS_RMS=is_rms,
             HAS_WEIGHT=weight is not None,
             HAS_DH=dh is not None,
@@ -303,7 +500,12 @@ def norm_bwd(
         if partial:
             red = partial_sum_config(cfg.grid, n_cols)
             _sum_partials_kernel[(red.grid,)](
-                partial.get("dw"), partial.get("db"), dweight, dbias, cfg.grid, n_cols,
+                partial.get("dw"),
+                partial.get("db"),
+                dweight,
+                dbias,
+                cfg.grid,
+                n_cols,
                 COMPUTE_DW=dweight is not None,
                 COMPUTE_DB=dbias is not None,
                 BLOCK_P=red.block_p,

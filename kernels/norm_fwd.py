@@ -40,8 +40,9 @@ def _load_h(X, R, x_offs, r_offs, mask, HAS_RESIDUAL: tl.constexpr, H_DTYPE: tl.
 
 
 @triton.jit
-def _load_affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT: tl.constexpr,
-                 HAS_BIAS: tl.constexpr):
+def _load_affine(
+    W, B, cols, col_mask, weight_offset, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr
+):
     """float32 ``(weight + weight_offset, bias)`` for ``cols``; 1 and 0 when absent."""
     if HAS_WEIGHT:
         w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
@@ -66,8 +67,16 @@ def _norm_fwd_kernel(
     Rstd,  # (M,) float32 out
     M,
     N,
-    x_d1, x_d2, x_s0, x_s1, x_s2,
-    r_d1, r_d2, r_s0, r_s1, r_s2,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    r_d1,
+    r_d2,
+    r_s0,
+    r_s1,
+    r_s2,
     eps,
     weight_offset,
     tiles_per_program,
@@ -106,8 +115,15 @@ def _norm_fwd_kernel(
         pivot = tl.zeros([ROWS], tl.float32)
         if SINGLE_BLOCK:
             mask = row_mask[:, None] & col_mask[None, :]
-            h = _load_h(X, R, x_row[:, None] + cols[None, :], r_row[:, None] + cols[None, :],
-                        mask, HAS_RESIDUAL, h_dtype)
+            h = _load_h(
+                X,
+                R,
+                x_row[:, None] + cols[None, :],
+                r_row[:, None] + cols[None, :],
+                mask,
+                HAS_RESIDUAL,
+                h_dtype,
+            )
             if HAS_RESIDUAL:
                 tl.store(H + out_row[:, None] + cols[None, :], h, mask=mask)
             if IS_RMS:
@@ -134,8 +150,15 @@ def _norm_fwd_kernel(
             for start in range(0, N, BLOCK_N):
                 c = start + cols
                 mask = row_mask[:, None] & (c < N)[None, :]
-                h = _load_h(X, R, x_row[:, None] + c[None, :], r_row[:, None] + c[None, :],
-                            mask, HAS_RESIDUAL, h_dtype)
+                h = _load_h(
+                    X,
+                    R,
+                    x_row[:, None] + c[None, :],
+                    r_row[:, None] + c[None, :],
+                    mask,
+                    HAS_RESIDUAL,
+                    h_dtype,
+                )
                 if HAS_RESIDUAL:
                     tl.store(H + out_row[:, None] + c[None, :], h, mask=mask)
                 if IS_RMS:
@@ -200,7 +223,7 @@ def norm_fwd(
         ``(y, h, mean, rstd)``: y ``x.shape`` in x's dtype, contiguous; h likewise in h_dtype
         (None without residual); mean (LayerNorm; zeros for RMSNorm) and rstd ``(M,)`` float32.
     """
-    n_cols = math.prod(x.shape[x.dim() - n_norm_dims:])
+    n_cols = math.prod(x.shape[x.dim() - n_norm_dims :])
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h = None
@@ -222,11 +245,23 @@ def norm_fwd(
     )
     with launch_guard(x.device):
         _norm_fwd_kernel[(cfg.grid,)](
-            x, residual, h, y, weight, bias, mean, rstd,
-            n_rows, n_cols,
-            x_layout.d1, x_layout.d2, *x_layout.strides,
+            x,
+            residual,
+            h,
+            y,
+            weight,
+            bias,
+            mean,
+            rstd,
+            n_rows,
+            n_cols,
+            x_layout.d1,
+            x_layout.d2,
+            *x_layout.strides,
             *((r_layout.d1, r_layout.d2, *r_layout.strides) if r_layout else (1, 1, 0, 0, 0)),
-            eps, weight_offset, cfg.tiles_per_program,
+            eps,
+            weight_offset,
+            cfg.tiles_per_program,
             IS_RMS=is_rms,
             HAS_RESIDUAL=residual is not None,
             HAS_WEIGHT=weight is not None,

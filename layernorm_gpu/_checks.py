@@ -52,7 +52,7 @@ def check_inputs(
     """
     shape = normalized_shape_tuple(normalized_shape)
     _check_float("x", x)
-    if tuple(x.shape[x.dim() - len(shape):]) != shape or x.dim() < len(shape):
+    if tuple(x.shape[x.dim() - len(shape) :]) != shape or x.dim() < len(shape):
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
             f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}"
@@ -79,8 +79,10 @@ def check_inputs(
         )
     params = [t for t in (weight, bias) if t is not None]
     mixed = any(t.dtype != x.dtype for t in params)
-    if not is_rms and mixed and not (
-        x.dtype in _HALF_DTYPES and all(t.dtype == torch.float32 for t in params)
+    if (
+        not is_rms
+        and mixed
+        and not (x.dtype in _HALF_DTYPES and all(t.dtype == torch.float32 for t in params))
     ):
         given = ", ".join(f"{n}={t.dtype}" for n, t in named[:2] if t is not None)
         raise RuntimeError(

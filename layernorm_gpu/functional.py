@@ -53,8 +53,18 @@ def layer_norm(
         y: ``x.shape`` in x's dtype, contiguous.
     """
     shape = check_inputs(x, normalized_shape, weight, bias)
-    y, _, _, _ = ops.norm_fwd(x, None, weight, bias, len(shape), float(eps),
-                              float(weight_offset), False, False, resolve_backend(backend, x))
+    y, _, _, _ = ops.norm_fwd(
+        x,
+        None,
+        weight,
+        bias,
+        len(shape),
+        float(eps),
+        float(weight_offset),
+        False,
+        False,
+        resolve_backend(backend, x),
+    )
     return y
 
 
@@ -75,8 +85,18 @@ def rms_norm(
         y: ``x.shape`` in x's dtype, contiguous.
     """
     shape = check_inputs(x, normalized_shape, weight, None, is_rms=True)
-    y, _, _, _ = ops.norm_fwd(x, None, weight, None, len(shape), _rms_eps(x.dtype, eps),
-                              float(weight_offset), True, False, resolve_backend(backend, x))
+    y, _, _, _ = ops.norm_fwd(
+        x,
+        None,
+        weight,
+        None,
+        len(shape),
+        _rms_eps(x.dtype, eps),
+        float(weight_offset),
+        True,
+        False,
+        resolve_backend(backend, x),
+    )
     return y
 
 
@@ -100,9 +120,18 @@ def fused_add_layer_norm(
         and residual through both y and h.
     """
     shape = check_inputs(x, normalized_shape, weight, bias, residual=residual)
-    y, h, _, _ = ops.norm_fwd(x, residual, weight, bias, len(shape), float(eps),
-                              float(weight_offset), False, residual_in_fp32,
-                              resolve_backend(backend, x, residual))
+    y, h, _, _ = ops.norm_fwd(
+        x,
+        residual,
+        weight,
+        bias,
+        len(shape),
+        float(eps),
+        float(weight_offset),
+        False,
+        residual_in_fp32,
+        resolve_backend(backend, x, residual),
+    )
     return y, h
 
 
@@ -121,7 +150,16 @@ def fused_add_rms_norm(
     :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
     shape = check_inputs(x, normalized_shape, weight, None, residual=residual, is_rms=True)
     eps = _rms_eps(ops.h_dtype(x, residual, residual_in_fp32), eps)
-    y, h, _, _ = ops.norm_fwd(x, residual, weight, None, len(shape), eps,
-                              float(weight_offset), True, residual_in_fp32,
-                              resolve_backend(backend, x, residual))
+    y, h, _, _ = ops.norm_fwd(
+        x,
+        residual,
+        weight,
+        None,
+        len(shape),
+        eps,
+        float(weight_offset),
+        True,
+        residual_in_fp32,
+        resolve_backend(backend, x, residual),
+    )
     return y, h

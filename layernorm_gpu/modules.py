@@ -63,8 +63,15 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
-                            weight_offset=self.weight_offset, backend=self.backend)
+        return F.layer_norm(
+            x,
+            self.normalized_shape,
+            self.weight,
+            self.bias,
+            self.eps,
+            weight_offset=self.weight_offset,
+            backend=self.backend,
+        )
 
 
 class RMSNorm(_OurOptions, nn.RMSNorm):
@@ -87,19 +94,36 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps,
-                          weight_offset=self.weight_offset, backend=self.backend)
+        return F.rms_norm(
+            x,
+            self.normalized_shape,
+            self.weight,
+            self.eps,
+            weight_offset=self.weight_offset,
+            backend=self.backend,
+        )
 
 
 def _swap(module: nn.Module, backend: str | None) -> nn.Module:
     """Ours for a ``torch.nn.LayerNorm`` / ``RMSNorm`` (exactly those classes: a subclass may
     have its own forward), sharing its parameters; anything else unchanged."""
     if type(module) is nn.LayerNorm:
-        new: nn.Module = LayerNorm(module.normalized_shape, module.eps, module.elementwise_affine,
-                                   bias=module.bias is not None, device="meta", backend=backend)
+        new: nn.Module = LayerNorm(
+            module.normalized_shape,
+            module.eps,
+            module.elementwise_affine,
+            bias=module.bias is not None,
+            device="meta",
+            backend=backend,
+        )
     elif type(module) is nn.RMSNorm:
-        new = RMSNorm(module.normalized_shape, module.eps, module.elementwise_affine,
-                      device="meta", backend=backend)
+        new = RMSNorm(
+            module.normalized_shape,
+            module.eps,
+            module.elementwise_affine,
+            device="meta",
+            backend=backend,
+        )
     else:
         return module
     # the very same Parameter objects: optimizer state and weight tying stay valid

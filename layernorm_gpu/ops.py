@@ -57,8 +57,7 @@ def _reference_fwd(x, weight, bias, n_norm_dims, eps, weight_offset, is_rms):
     return y, mean.reshape(-1), rstd.reshape(-1)
 
 
-def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms,
-                   has_bias):
+def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, has_bias):
     """The reference backward on N-D tensors; ``dh`` is added to dx before its one rounding."""
     x_rows, dy_rows = _as_rows(x, n_norm_dims), _as_rows(dy, n_norm_dims)
     if dh is not None:
@@ -67,8 +66,7 @@ def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is
     w = None if weight is None else weight.reshape(x_rows.shape[-1])
     mean, rstd = mean.reshape(x_rows.shape[:-1]), rstd.reshape(x_rows.shape[:-1])
     if is_rms:
-        dx, dweight = reference.rms_backward(dy_rows, x_rows, w, rstd,
-                                             weight_offset=weight_offset)
+        dx, dweight = reference.rms_backward(dy_rows, x_rows, w, rstd, weight_offset=weight_offset)
         dbias = None
     else:
         dx, dweight, dbias = reference.backward(
@@ -76,7 +74,7 @@ def _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is
         )
     if dh is not None:
         dx = (dx + _as_rows(dh, n_norm_dims)).to(x.dtype)
-    norm_shape = x.shape[x.dim() - n_norm_dims:]
+    norm_shape = x.shape[x.dim() - n_norm_dims :]
 
     def to_norm_shape(grad):
         return None if grad is None else grad.reshape(norm_shape)
@@ -124,14 +122,16 @@ def norm_fwd(
     if residual is not None:
         dtype = h_dtype(x, residual, residual_in_fp32)
         h = norm_input = x.to(dtype) + residual.to(dtype)
-    y, mean, rstd = _reference_fwd(norm_input, weight, bias, n_norm_dims, eps, weight_offset,
-                                   is_rms)
+    y, mean, rstd = _reference_fwd(
+        norm_input, weight, bias, n_norm_dims, eps, weight_offset, is_rms
+    )
     return y.to(x.dtype).contiguous(), h, mean, rstd
 
 
 @norm_fwd.register_fake
-def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
-      backend):
+def _(
+    x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32, backend
+):
     rows = math.prod(x.shape[: x.dim() - n_norm_dims])
     norm_dtype = x.dtype
     h = x.new_empty(0)
@@ -139,8 +139,7 @@ def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residu
         norm_dtype = h_dtype(x, residual, residual_in_fp32)
         h = x.new_empty(x.shape, dtype=norm_dtype)
     stats = _stats_dtype(norm_dtype)
-    return (x.new_empty(x.shape), h, x.new_empty(rows, dtype=stats),
-            x.new_empty(rows, dtype=stats))
+    return (x.new_empty(x.shape), h, x.new_empty(rows, dtype=stats), x.new_empty(rows, dtype=stats))
 
 
 @torch.library.custom_op(f"{_LIB}::norm_bwd", mutates_args=())
@@ -170,13 +169,31 @@ def norm_bwd(
         from . import kernels
 
         dx, dweight, dbias = kernels.norm_bwd(
-            dy, x, None if weight is None else weight.contiguous(), mean, rstd, dh,
-            n_norm_dims=n_norm_dims, is_rms=is_rms, weight_offset=weight_offset,
-            dweight_dtype=dweight_dtype, dbias_dtype=dbias_dtype,
+            dy,
+            x,
+            None if weight is None else weight.contiguous(),
+            mean,
+            rstd,
+            dh,
+            n_norm_dims=n_norm_dims,
+            is_rms=is_rms,
+            weight_offset=weight_offset,
+            dweight_dtype=dweight_dtype,
+            dbias_dtype=dbias_dtype,
         )
     else:
-        dx, dweight, dbias = _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims,
-                                            weight_offset, is_rms, dbias_dtype is not None)
+        dx, dweight, dbias = _reference_bwd(
+            dy,
+            x,
+            weight,
+            mean,
+            rstd,
+            dh,
+            n_norm_dims,
+            weight_offset,
+            is_rms,
+            dbias_dtype is not None,
+        )
         dx = dx.contiguous()
     empty = x.new_empty(0)
     return (
@@ -187,9 +204,21 @@ def norm_bwd(
 
 
 @norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, dweight_dtype,
-      dbias_dtype, backend):
-    norm_shape = x.shape[x.dim() - n_norm_dims:]
+def _(
+    dy,
+    x,
+    weight,
+    mean,
+    rstd,
+    dh,
+    n_norm_dims,
+    weight_offset,
+    is_rms,
+    dweight_dtype,
+    dbias_dtype,
+    backend,
+):
+    norm_shape = x.shape[x.dim() - n_norm_dims :]
     return (
         x.new_empty(x.shape),
         x.new_empty(0) if dweight_dtype is None else x.new_empty(norm_shape, dtype=dweight_dtype),
@@ -215,8 +244,9 @@ def _differentiable_bwd(dy, x, weight, dh, n_norm_dims, eps, weight_offset, is_r
     """The backward as differentiable torch ops of x, weight and dy (stats recomputed from x, so
     their own dependence on x is part of the graph): the path for ``create_graph=True``."""
     _, mean, rstd = _reference_fwd(x, weight, None, n_norm_dims, eps, weight_offset, is_rms)
-    return _reference_bwd(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms,
-                          has_bias)
+    return _reference_bwd(
+        dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, has_bias
+    )
 
 
 def _backward(ctx, dy, dh, _dmean, _drstd):
@@ -229,18 +259,40 @@ def _backward(ctx, dy, dh, _dmean, _drstd):
     dweight_dtype = weight.dtype if need_weight else None
     dbias_dtype = ctx.bias_dtype if need_bias else None
     if torch.is_grad_enabled():
-        dnorm, dweight, dbias = _differentiable_bwd(dy, saved_x, weight, dh, n_norm_dims, eps,
-                                                    weight_offset, is_rms, need_bias)
+        dnorm, dweight, dbias = _differentiable_bwd(
+            dy, saved_x, weight, dh, n_norm_dims, eps, weight_offset, is_rms, need_bias
+        )
         dweight = None if dweight is None else dweight.to(weight.dtype)
         dbias = None if dbias is None else dbias.to(ctx.bias_dtype)
     else:
-        dnorm, dweight, dbias = norm_bwd(dy, saved_x, weight, mean, rstd, dh, n_norm_dims,
-                                         weight_offset, is_rms, dweight_dtype, dbias_dtype,
-                                         backend)
+        dnorm, dweight, dbias = norm_bwd(
+            dy,
+            saved_x,
+            weight,
+            mean,
+            rstd,
+            dh,
+            n_norm_dims,
+            weight_offset,
+            is_rms,
+            dweight_dtype,
+            dbias_dtype,
+            backend,
+        )
     dx = dnorm.to(ctx.x_dtype) if need_x else None
     dresidual = dnorm.to(ctx.residual_dtype) if ctx.fused and need_residual else None
-    return (dx, dresidual, dweight if need_weight else None, dbias if need_bias else None,
-            None, None, None, None, None, None)
+    return (
+        dx,
+        dresidual,
+        dweight if need_weight else None,
+        dbias if need_bias else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 torch.library.register_autograd(f"{_LIB}::norm_fwd", _backward, setup_context=_setup_context)

@@ -12,7 +12,7 @@ Policy (the same for LayerNorm and RMSNorm, the modules and the functional API):
   bfloat16). Our op registers no CPU rule, so it does the same.
 
 Values are checked against torch's module in float64 fed the same (already rounded) input the
-norm receives inside the region, at the conftest tolerance of the output's dtype.
+norm receives inside the region, at the helpers tolerance of the output's dtype.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import copy
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close, make_input
 from torch import nn
 
+from helpers import KERNEL_DEVICE, assert_close, make_input
 from layernorm_gpu import LayerNorm, RMSNorm, replace_norms
 
 # The kernels take CPU tensors only in Triton's interpreter (used when there is no CUDA).
@@ -35,8 +35,9 @@ CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 HIDDEN = 32
 
 
-def _pair(kind: str, backend: str | None, device: torch.device | str
-          ) -> tuple[nn.Module, nn.Module, nn.Module]:
+def _pair(
+    kind: str, backend: str | None, device: torch.device | str
+) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(torch's norm with random float32 parameters, ours with the same, float64 oracle)."""
     torch_cls, our_cls = CLASSES[kind]
     theirs = torch_cls(HIDDEN, eps=1e-5, device=device)
@@ -48,9 +49,14 @@ def _pair(kind: str, backend: str | None, device: torch.device | str
     return theirs, ours, copy.deepcopy(theirs).double()
 
 
-def _check_norm_under_autocast(kind: str, backend: str | None, device_type: str,
-                               amp_dtype: torch.dtype, x_dtype: torch.dtype,
-                               expected_dtype: torch.dtype) -> None:
+def _check_norm_under_autocast(
+    kind: str,
+    backend: str | None,
+    device_type: str,
+    amp_dtype: torch.dtype,
+    x_dtype: torch.dtype,
+    expected_dtype: torch.dtype,
+) -> None:
     """The norm alone inside the region: output and gradient dtypes equal torch's (and
     ``expected_dtype``); y, dx and dW equal the float64 oracle."""
     device = torch.device(device_type)
@@ -88,14 +94,14 @@ def test_cpu_autocast_keeps_input_dtype(kind: str, x_dtype: torch.dtype, backend
 # (device, backend, the norm's output dtype): CPU autocast leaves the norm in bfloat16, CUDA
 # autocast runs it in float32
 MODEL_CASES = [pytest.param("cpu", b, torch.bfloat16, id=f"cpu-{b}") for b in CPU_BACKENDS]
-MODEL_CASES.append(pytest.param("cuda", None, torch.float32, id="cuda-auto",
-                                marks=pytest.mark.gpu))
+MODEL_CASES.append(pytest.param("cuda", None, torch.float32, id="cuda-auto", marks=pytest.mark.gpu))
 
 
 @pytest.mark.parametrize(("device", "backend", "out_dtype"), MODEL_CASES)
 @pytest.mark.parametrize("kind", CLASSES)
-def test_autocast_model_matches_torch(kind: str, device: str, backend: str | None,
-                                      out_dtype: torch.dtype) -> None:
+def test_autocast_model_matches_torch(
+    kind: str, device: str, backend: str | None, out_dtype: torch.dtype
+) -> None:
     """Linear -> norm under autocast: the Linear hands the norm bfloat16 activations and
     float32 parameters; the swapped model's output has torch's dtype and equals the float64
     norm of those activations."""
@@ -118,7 +124,8 @@ def test_autocast_model_matches_torch(kind: str, device: str, backend: str | Non
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("kind", CLASSES)
-def test_cuda_autocast_runs_in_float32(kind: str, x_dtype: torch.dtype, amp_dtype: torch.dtype,
-                                       backend: str) -> None:
+def test_cuda_autocast_runs_in_float32(
+    kind: str, x_dtype: torch.dtype, amp_dtype: torch.dtype, backend: str
+) -> None:
     """CUDA autocast: float32 output and float32 arithmetic, as torch's modules."""
     _check_norm_under_autocast(kind, backend, "cuda", amp_dtype, x_dtype, torch.float32)

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from bench import compile_report, trace, traffic
+from bench.bytes_model import bytes_moved
 from layernorm_gpu.kernels.heuristics import H100, Target, backward_config
 
-# bench/ is not an installed package: import it from this checkout.
 REPO = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO))
-
-from bench import compile_report, trace, traffic  # noqa: E402
-from bench.bytes_model import bytes_moved  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +76,8 @@ def test_byte_model_matches_the_measured_traffic(interpreted):
     case = traffic.Case(64, 2048, torch.float16)
     for mode in ("fwd", "bwd"):
         config = (traffic.forward_config if mode == "fwd" else backward_config)(
-            case.rows, case.cols, case.elem_size, H100)
+            case.rows, case.cols, case.elem_size, H100
+        )
         measured = traffic.launcher_traffic(mode, case, config, case.rows)
         distinct = sum(t.distinct_loaded + t.distinct_stored for t in measured.tensors.values())
         assert distinct + measured.eager_bytes == case.byte_model(mode).total, mode
@@ -195,10 +194,17 @@ print(json.dumps([[a.is_store, a.narrow_muls, a.wide_muls] for a in accesses]))
 
 def test_32_bit_row_offsets_fail_the_64_bit_check(tmp_path):
     (tmp_path / "counter_example.py").write_text(COUNTER_EXAMPLE)
-    env = dict(os.environ, TRITON_INTERPRET="0",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    done = subprocess.run([sys.executable, "-c", ANALYSE], capture_output=True, text=True,
-                          env=env, check=True, timeout=300)
+    env = dict(
+        os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)])
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", ANALYSE],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     accesses = json.loads(done.stdout)
     loads = [(narrow, wide) for is_store, narrow, wide in accesses if not is_store]
     stores = [(narrow, wide) for is_store, narrow, wide in accesses if is_store]

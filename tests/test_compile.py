@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close, make_input
 from torch._dynamo.testing import CompileCounter
 
 import layernorm_gpu as lg
+from helpers import KERNEL_DEVICE, assert_close, make_input
 from layernorm_gpu import dispatch, ops
 
 
@@ -23,10 +23,17 @@ class _Block(torch.nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        y, h = lg.fused_add_layer_norm(x, residual, x.shape[-1], self.ln.weight, self.ln.bias,
-                                       backend=self.backend)
-        z, h2 = lg.fused_add_rms_norm(self.proj(y), h, x.shape[-1], self.rms.weight,
-                                      residual_in_fp32=True, backend=self.backend)
+        y, h = lg.fused_add_layer_norm(
+            x, residual, x.shape[-1], self.ln.weight, self.ln.bias, backend=self.backend
+        )
+        z, h2 = lg.fused_add_rms_norm(
+            self.proj(y),
+            h,
+            x.shape[-1],
+            self.rms.weight,
+            residual_in_fp32=True,
+            backend=self.backend,
+        )
         return self.gemma(self.ln(z)) + h2 + lg.layer_norm(x, x.shape[-1], backend=self.backend)
 
 
@@ -34,8 +41,7 @@ def _compare_compiled(block: torch.nn.Module, device: torch.device) -> None:
     x = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
     residual = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
     eager_out = block(x, residual)
-    eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, residual,
-                                                                 *block.parameters()])
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, residual, *block.parameters()])
     torch._dynamo.reset()
     compiled = torch.compile(block, fullgraph=True)
     out = compiled(x, residual)
@@ -74,8 +80,7 @@ def _fwd_cases(device, backend):
         (t(3, 5), None, t(5), t(5), 1, 1e-5, 0.0, False, False, backend),
         (t(2, 3, 4), None, None, None, 2, 1e-5, 0.0, False, False, backend),
         (t(3, 5), t(3, 5), t(5), None, 1, 1e-6, 1.0, True, True, backend),
-        (t(3, 5, dtype=torch.bfloat16), t(3, 5), t(5), t(5), 1, 1e-5, 0.0, False, False,
-         backend),
+        (t(3, 5, dtype=torch.bfloat16), t(3, 5), t(5), t(5), 1, 1e-5, 0.0, False, False, backend),
     ]
 
 

@@ -2,7 +2,7 @@
 
 The kernels allocate with the caching allocator, launch without host synchronisation and are
 deterministic (no atomics), so a replay copied new values into the static inputs must give the
-bitwise results of running the same step eagerly, and the float64 oracle's at the conftest
+bitwise results of running the same step eagerly, and the float64 oracle's at the helpers
 tolerances. Needs CUDA (the whole module is marked ``gpu``).
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import assert_close, make_input
 from torch import nn
 
+from helpers import assert_close, make_input
 from layernorm_gpu import LayerNorm, RMSNorm, dispatch, fused_add_layer_norm, fused_add_rms_norm
 
 pytestmark = pytest.mark.gpu
@@ -36,11 +36,24 @@ def _norm_step(norm: nn.Module, t: dict[str, torch.Tensor]) -> list[torch.Tensor
 def _fused_step(norm: nn.Module, t: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """``(y, h) = fused_add(x, residual)``, backward of ``(dy, dh)``; returns ``[y, h]``."""
     if isinstance(norm, RMSNorm):
-        y, h = fused_add_rms_norm(t["x"], t["residual"], norm.normalized_shape, norm.weight,
-                                  norm.eps, backend=norm.backend)
+        y, h = fused_add_rms_norm(
+            t["x"],
+            t["residual"],
+            norm.normalized_shape,
+            norm.weight,
+            norm.eps,
+            backend=norm.backend,
+        )
     else:
-        y, h = fused_add_layer_norm(t["x"], t["residual"], norm.normalized_shape, norm.weight,
-                                    norm.bias, norm.eps, backend=norm.backend)
+        y, h = fused_add_layer_norm(
+            t["x"],
+            t["residual"],
+            norm.normalized_shape,
+            norm.weight,
+            norm.bias,
+            norm.eps,
+            backend=norm.backend,
+        )
     torch.autograd.backward([y, h], [t["dy"], t["dh"]])
     return [y, h]
 
@@ -66,14 +79,21 @@ def _zero_grads(norm: nn.Module, t: dict[str, torch.Tensor]) -> None:
             t[name].grad = None
 
 
-def _oracle(norm: nn.Module, fused: bool, t: dict[str, torch.Tensor],
-            outs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _oracle(
+    norm: nn.Module, fused: bool, t: dict[str, torch.Tensor], outs: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The step through torch's module in float64 (outputs, gradients). Fused, the norm is fed
     h as stored (rounded to its dtype), and h is checked against the exact x + residual."""
     torch_cls = nn.RMSNorm if isinstance(norm, RMSNorm) else nn.LayerNorm
     kwargs = {} if torch_cls is nn.RMSNorm else {"bias": norm.bias is not None}
-    oracle = torch_cls(norm.normalized_shape, norm.eps, norm.elementwise_affine, **kwargs,
-                       device=DEVICE, dtype=torch.float64)
+    oracle = torch_cls(
+        norm.normalized_shape,
+        norm.eps,
+        norm.elementwise_affine,
+        **kwargs,
+        device=DEVICE,
+        dtype=torch.float64,
+    )
     oracle.load_state_dict(norm.state_dict())
     x = (outs[1] if fused else t["x"]).detach().double().requires_grad_(True)
     y = oracle(x)
@@ -90,8 +110,9 @@ def _oracle(norm: nn.Module, fused: bool, t: dict[str, torch.Tensor],
 @pytest.mark.parametrize("fused", [False, True], ids=["norm", "fused-add"])
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_graph_replay_matches_eager(kind: str, fused: bool, dtype: torch.dtype) -> None:
-    norm = (LayerNorm if kind == "layer" else RMSNorm)(SHAPE[-1], eps=1e-5, device=DEVICE,
-                                                       backend="triton")
+    norm = (LayerNorm if kind == "layer" else RMSNorm)(
+        SHAPE[-1], eps=1e-5, device=DEVICE, backend="triton"
+    )
     with torch.no_grad():
         for param in norm.parameters():
             param.copy_(make_input(param.shape, param.dtype, DEVICE, scale=0.5))
@@ -129,8 +150,9 @@ def test_graph_replay_matches_eager(kind: str, fused: bool, dtype: torch.dtype) 
         eager_grads = _grads(eager_norm, fresh)
         assert len(static_outs) == len(eager_outs)
         assert len(static_grads) == len(eager_grads)
-        for replayed, eager in zip(static_outs + static_grads, eager_outs + eager_grads,
-                                   strict=True):
+        for replayed, eager in zip(
+            static_outs + static_grads, eager_outs + eager_grads, strict=True
+        ):
             assert torch.equal(replayed, eager)
 
         ref_outs, ref_grads = _oracle(eager_norm, fused, fresh, static_outs)

@@ -20,12 +20,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import assert_close
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from helpers import assert_close
 from layernorm_gpu import LayerNorm, RMSNorm, dispatch
 
 WORLD = 2
@@ -71,12 +71,24 @@ def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
         opt.step()
 
 
-def _worker(rank: int, mode: str, pg_backend: str, backend: str, dtype: torch.dtype,
-            init_file: str, out_dir: str) -> None:
+def _worker(
+    rank: int,
+    mode: str,
+    pg_backend: str,
+    backend: str,
+    dtype: torch.dtype,
+    init_file: str,
+    out_dir: str,
+) -> None:
     """One rank: train its half of every batch under ``mode`` ("ddp" or "fsdp"), save the
     full parameters and how many op calls ran on ``backend``."""
-    dist.init_process_group(pg_backend, init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        pg_backend,
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         device = torch.device(f"cuda:{rank}" if pg_backend == "nccl" else "cpu")
         if device.type == "cuda":
@@ -84,7 +96,8 @@ def _worker(rank: int, mode: str, pg_backend: str, backend: str, dtype: torch.dt
         model = _model(backend, dtype, device)
         if mode == "ddp":
             wrapped: nn.Module = DistributedDataParallel(
-                model, device_ids=[rank] if device.type == "cuda" else None)
+                model, device_ids=[rank] if device.type == "cuda" else None
+            )
         else:
             mesh = init_device_mesh(device.type, (WORLD,))
             for module in model:
@@ -99,8 +112,9 @@ def _worker(rank: int, mode: str, pg_backend: str, backend: str, dtype: torch.dt
         for name, param in model.named_parameters():
             full = param.full_tensor() if mode == "fsdp" else param
             params[name] = full.detach().cpu()
-        torch.save({"params": params, "calls": dispatch.calls[backend]},
-                   Path(out_dir) / f"rank{rank}.pt")
+        torch.save(
+            {"params": params, "calls": dispatch.calls[backend]}, Path(out_dir) / f"rank{rank}.pt"
+        )
     except BaseException:
         dist.destroy_process_group()
         raise
@@ -110,11 +124,20 @@ def _worker(rank: int, mode: str, pg_backend: str, backend: str, dtype: torch.dt
     os._exit(0)
 
 
-def _check_against_single_process(tmp_path: Path, mode: str, pg_backend: str, backend: str,
-                                  dtype: torch.dtype, device: torch.device) -> None:
-    ranks = mp.spawn(_worker, args=(mode, pg_backend, backend, dtype,
-                                    str(tmp_path / "rendezvous"), str(tmp_path)),
-                     nprocs=WORLD, join=False)
+def _check_against_single_process(
+    tmp_path: Path,
+    mode: str,
+    pg_backend: str,
+    backend: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    ranks = mp.spawn(
+        _worker,
+        args=(mode, pg_backend, backend, dtype, str(tmp_path / "rendezvous"), str(tmp_path)),
+        nprocs=WORLD,
+        join=False,
+    )
     deadline = time.monotonic() + RANK_TIMEOUT_S
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
@@ -143,14 +166,14 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
-def test_ddp_gloo_matches_single_process(tmp_path: Path, backend: str,
-                                         dtype: torch.dtype) -> None:
+def test_ddp_gloo_matches_single_process(tmp_path: Path, backend: str, dtype: torch.dtype) -> None:
     _check_against_single_process(tmp_path, "ddp", "gloo", backend, dtype, CPU)
 
 
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
-def test_fsdp2_gloo_matches_single_process(tmp_path: Path, backend: str,
-                                           dtype: torch.dtype) -> None:
+def test_fsdp2_gloo_matches_single_process(
+    tmp_path: Path, backend: str, dtype: torch.dtype
+) -> None:
     _check_against_single_process(tmp_path, "fsdp", "gloo", backend, dtype, CPU)
 
 
@@ -158,7 +181,10 @@ def test_fsdp2_gloo_matches_single_process(tmp_path: Path, backend: str,
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_nccl_matches_single_process(tmp_path: Path, mode: str) -> None:
     if torch.cuda.device_count() < WORLD or not dist.is_nccl_available():
-        pytest.skip(f"NCCL needs one GPU per rank: {WORLD} GPUs and NCCL, "
-                    f"found {torch.cuda.device_count()} GPU(s)")
-    _check_against_single_process(tmp_path, mode, "nccl", "triton", torch.float32,
-                                  torch.device("cuda:0"))
+        pytest.skip(
+            f"NCCL needs one GPU per rank: {WORLD} GPUs and NCCL, "
+            f"found {torch.cuda.device_count()} GPU(s)"
+        )
+    _check_against_single_process(
+        tmp_path, mode, "nccl", "triton", torch.float32, torch.device("cuda:0")
+    )

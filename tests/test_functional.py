@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import KERNEL_DEVICE, assert_close, make_input
 
 import layernorm_gpu as lg
+from helpers import KERNEL_DEVICE, assert_close, make_input
 from layernorm_gpu import dispatch
 
 # the reference on CPU; the kernels on CUDA or in the interpreter
@@ -33,8 +33,10 @@ def _leaf(t, requires_grad=True):
 
 def _oracle_layer_norm(x, shape, weight, bias, eps, dy):
     """float64 torch.nn.functional.layer_norm and its gradients, on the same inputs."""
-    inputs = [_leaf(t.double().cpu() if t is not None else None, t is not None and
-                    t.requires_grad) for t in (x, weight, bias)]
+    inputs = [
+        _leaf(t.double().cpu() if t is not None else None, t is not None and t.requires_grad)
+        for t in (x, weight, bias)
+    ]
     return _grads(lambda a, b, c: F.layer_norm(a, shape, b, c, eps), inputs, dy.double().cpu())
 
 
@@ -49,8 +51,11 @@ def test_layer_norm_matches_torch(backend, dtype, shape, normalized_shape):
     weight = make_input(normalized_shape, dtype, device, requires_grad=True)
     bias = make_input(normalized_shape, dtype, device, requires_grad=True)
     dy = make_input(shape, dtype, device)
-    y, grads = _grads(lambda a, b, c: lg.layer_norm(a, normalized_shape, b, c, backend=name),
-                      (x, weight, bias), dy)
+    y, grads = _grads(
+        lambda a, b, c: lg.layer_norm(a, normalized_shape, b, c, backend=name),
+        (x, weight, bias),
+        dy,
+    )
     y64, grads64 = _oracle_layer_norm(x, normalized_shape, weight, bias, 1e-5, dy)
     assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous()
     assert_close(y.cpu(), y64)
@@ -85,15 +90,24 @@ def test_create_graph_gives_exact_second_derivatives(backend):
     (dx,) = torch.autograd.grad(lg.layer_norm(x, 16, w, backend=name), x, dy, create_graph=True)
     second = torch.autograd.grad(dx.square().sum(), [x, w])
     x64, w64 = _leaf(x.double().cpu()), _leaf(w.double().cpu())
-    (dx64,) = torch.autograd.grad(F.layer_norm(x64, (16,), w64), x64, dy.double().cpu(),
-                                  create_graph=True)
+    (dx64,) = torch.autograd.grad(
+        F.layer_norm(x64, (16,), w64), x64, dy.double().cpu(), create_graph=True
+    )
     second64 = torch.autograd.grad(dx64.square().sum(), [x64, w64])
     for g, g64 in zip(second, second64, strict=True):
         torch.testing.assert_close(g.double().cpu(), g64, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False),
-                                   (False, False, True), (False, True, True), (True, True, True)])
+@pytest.mark.parametrize(
+    "needs",
+    [
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+        (False, True, True),
+        (True, True, True),
+    ],
+)
 def test_any_subset_of_inputs_requires_grad(backend, needs):
     name, device = backend
     x, w, b = (make_input(s, torch.float32, device) for s in ((5, 24), 24, 24))
@@ -256,8 +270,9 @@ def test_16bit_x_with_float32_parameters(backend, x_dtype):
     w = make_input(20, torch.float32, device, requires_grad=True)
     b = make_input(20, torch.float32, device, requires_grad=True)
     dy = make_input((6, 20), x_dtype, device)
-    y, (dx, dw, db) = _grads(lambda a, c, d: lg.layer_norm(a, 20, c, d, backend=name),
-                             (x, w, b), dy)
+    y, (dx, dw, db) = _grads(
+        lambda a, c, d: lg.layer_norm(a, 20, c, d, backend=name), (x, w, b), dy
+    )
     assert y.dtype == dx.dtype == x_dtype and dw.dtype == db.dtype == torch.float32
     y64, grads64 = _oracle_layer_norm(x, (20,), w, b, 1e-5, dy)
     assert_close(y.cpu(), y64)
@@ -273,8 +288,9 @@ def test_rms_norm_with_16bit_weight_on_float32_x(backend):
     y = lg.rms_norm(x, 20, w, backend=name)
     y.sum().backward()
     assert y.dtype == torch.float32 and w.grad.dtype == torch.bfloat16
-    expected = F.rms_norm(x.detach().double().cpu(), (20,), w.detach().double().cpu(),
-                          torch.finfo(torch.float32).eps)
+    expected = F.rms_norm(
+        x.detach().double().cpu(), (20,), w.detach().double().cpu(), torch.finfo(torch.float32).eps
+    )
     assert_close(y.detach().cpu(), expected)
 
 
@@ -282,9 +298,10 @@ def test_rms_norm_with_16bit_weight_on_float32_x(backend):
 
 
 @pytest.mark.parametrize("is_rms", (False, True))
-@pytest.mark.parametrize("residual_dtype,residual_in_fp32",
-                         [(torch.bfloat16, False), (torch.bfloat16, True),
-                          (torch.float32, False)])
+@pytest.mark.parametrize(
+    "residual_dtype,residual_in_fp32",
+    [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)],
+)
 def test_fused_add_is_the_unfused_code(backend, is_rms, residual_dtype, residual_in_fp32):
     name, device = backend
     x = make_input((6, 40), torch.bfloat16, device, requires_grad=True)
@@ -292,11 +309,13 @@ def test_fused_add_is_the_unfused_code(backend, is_rms, residual_dtype, residual
     w = make_input(40, torch.float32, device, requires_grad=True)
     dy, dh = make_input((6, 40), torch.bfloat16, device), None
     if is_rms:
-        y, h = lg.fused_add_rms_norm(x, r, 40, w, 1e-6, residual_in_fp32=residual_in_fp32,
-                                     backend=name)
+        y, h = lg.fused_add_rms_norm(
+            x, r, 40, w, 1e-6, residual_in_fp32=residual_in_fp32, backend=name
+        )
     else:
-        y, h = lg.fused_add_layer_norm(x, r, 40, w, None, residual_in_fp32=residual_in_fp32,
-                                       backend=name)
+        y, h = lg.fused_add_layer_norm(
+            x, r, 40, w, None, residual_in_fp32=residual_in_fp32, backend=name
+        )
     h_dtype = torch.float32 if residual_in_fp32 else (x + r).dtype
     assert h.dtype == h_dtype and y.dtype == x.dtype
     assert torch.equal(h, x.detach().to(h_dtype) + r.detach().to(h_dtype))
@@ -306,7 +325,7 @@ def test_fused_add_is_the_unfused_code(backend, is_rms, residual_dtype, residual
     # oracle: the unfused code in float64 on the stored h
     h64 = _leaf(h.detach().double().cpu())
     w64 = _leaf(w.detach().double().cpu())
-    y64 = (F.rms_norm(h64, (40,), w64, 1e-6) if is_rms else F.layer_norm(h64, (40,), w64))
+    y64 = F.rms_norm(h64, (40,), w64, 1e-6) if is_rms else F.layer_norm(h64, (40,), w64)
     dh64, dw64 = torch.autograd.grad(y64, (h64, w64), dy.double().cpu())
     dh64 = dh64 + dh.double().cpu()
     assert_close(y.detach().cpu(), y64.detach())
@@ -327,17 +346,20 @@ def test_bitwise_deterministic_and_batch_invariant(backend):
     dy = make_input((40, 96), torch.bfloat16, device)
     torch.use_deterministic_algorithms(True)
     try:
-        runs = [_grads(lambda a, c, d: lg.layer_norm(a, 96, c, d, backend=name), (x, w, b), dy)
-                for _ in range(2)]
+        runs = [
+            _grads(lambda a, c, d: lg.layer_norm(a, 96, c, d, backend=name), (x, w, b), dy)
+            for _ in range(2)
+        ]
     finally:
         torch.use_deterministic_algorithms(False)
     (y1, g1), (y2, g2) = runs
     assert torch.equal(y1, y2) and all(torch.equal(a, c) for a, c in zip(g1, g2, strict=True))
     for i in (0, 39):
-        xi = x.detach()[i:i + 1].requires_grad_()
-        yi, (dxi,) = _grads(lambda a: lg.layer_norm(a, 96, w, b, backend=name), (xi,),
-                            dy[i:i + 1])
-        assert torch.equal(yi, y1[i:i + 1]) and torch.equal(dxi, g1[0][i:i + 1])
+        xi = x.detach()[i : i + 1].requires_grad_()
+        yi, (dxi,) = _grads(
+            lambda a: lg.layer_norm(a, 96, w, b, backend=name), (xi,), dy[i : i + 1]
+        )
+        assert torch.equal(yi, y1[i : i + 1]) and torch.equal(dxi, g1[0][i : i + 1])
 
 
 # ---------------------------------------------------------------- errors
@@ -346,48 +368,82 @@ ERROR_CASES = {
     # case: (call, PyTorch's equivalent or None, exception type, words the message names)
     "normalized_shape not a suffix": (
         lambda: lg.layer_norm(torch.randn(4, 3), (4,)),
-        lambda: F.layer_norm(torch.randn(4, 3), (4,)), RuntimeError, ["normalized_shape"]),
+        lambda: F.layer_norm(torch.randn(4, 3), (4,)),
+        RuntimeError,
+        ["normalized_shape"],
+    ),
     "empty normalized_shape": (
         lambda: lg.layer_norm(torch.randn(4, 3), ()),
-        lambda: F.layer_norm(torch.randn(4, 3), ()), RuntimeError, ["normalized_shape"]),
+        lambda: F.layer_norm(torch.randn(4, 3), ()),
+        RuntimeError,
+        ["normalized_shape"],
+    ),
     "weight shape": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(4)),
-        lambda: F.layer_norm(torch.randn(4, 3), (3,), torch.ones(4)), RuntimeError, ["weight"]),
+        lambda: F.layer_norm(torch.randn(4, 3), (3,), torch.ones(4)),
+        RuntimeError,
+        ["weight"],
+    ),
     "bias shape": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3), torch.ones(2)),
         lambda: F.layer_norm(torch.randn(4, 3), (3,), torch.ones(3), torch.ones(2)),
-        RuntimeError, ["bias"]),
+        RuntimeError,
+        ["bias"],
+    ),
     "integer x": (
         lambda: lg.layer_norm(torch.ones(4, 3, dtype=torch.long), 3),
         lambda: F.layer_norm(torch.ones(4, 3, dtype=torch.long), (3,)),
-        NotImplementedError, ["x", "int64"]),
+        NotImplementedError,
+        ["x", "int64"],
+    ),
     "bool x": (
         lambda: lg.rms_norm(torch.ones(4, 3, dtype=torch.bool), 3),
         lambda: F.layer_norm(torch.ones(4, 3, dtype=torch.bool), (3,)),
-        NotImplementedError, ["x", "bool"]),
+        NotImplementedError,
+        ["x", "bool"],
+    ),
     "complex x": (
         lambda: lg.layer_norm(torch.ones(4, 3, dtype=torch.complex64), 3),
         lambda: F.layer_norm(torch.ones(4, 3, dtype=torch.complex64), (3,)),
-        NotImplementedError, ["x", "complex64"]),
+        NotImplementedError,
+        ["x", "complex64"],
+    ),
     "integer weight": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3, dtype=torch.int32)),
-        None, NotImplementedError, ["weight", "int32"]),
+        None,
+        NotImplementedError,
+        ["weight", "int32"],
+    ),
     "weight on another device": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3, device="meta")),
-        None, RuntimeError, ["weight", "device", "meta"]),
+        None,
+        RuntimeError,
+        ["weight", "device", "meta"],
+    ),
     "float32 x with bfloat16 weight": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3, dtype=torch.bfloat16)),
         lambda: F.layer_norm(torch.randn(4, 3), (3,), torch.ones(3, dtype=torch.bfloat16)),
-        RuntimeError, ["weight", "bfloat16"]),
+        RuntimeError,
+        ["weight", "bfloat16"],
+    ),
     "residual shape": (
         lambda: lg.fused_add_layer_norm(torch.randn(4, 3), torch.randn(3), 3),
-        None, RuntimeError, ["residual"]),
+        None,
+        RuntimeError,
+        ["residual"],
+    ),
     "float64 on the triton backend": (
         lambda: lg.layer_norm(torch.randn(4, 3, dtype=torch.float64), 3, backend="triton"),
-        None, TypeError, ["float64", "reference"]),
+        None,
+        TypeError,
+        ["float64", "reference"],
+    ),
     "unknown backend": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, backend="cuda"),
-        None, ValueError, ["backend", "cuda"]),
+        None,
+        ValueError,
+        ["backend", "cuda"],
+    ),
 }
 
 

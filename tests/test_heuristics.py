@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from layernorm_gpu.kernels import heuristics as h
 
 WIDTHS = (1, 3, 64, 100, 1000, 4096, 5000, 8192, 8193, 16384, 16385, 65536, 1 << 20)

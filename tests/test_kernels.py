@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
-from conftest import KERNEL_DTYPES, assert_close, make_input
-from layernorm_gpu.kernels.rows import row_layout, vector_align
 
+from helpers import KERNEL_DTYPES, assert_close, make_input
 from layernorm_gpu import kernels, ops
+from layernorm_gpu.kernels.rows import row_layout, vector_align
 
 # ragged widths, powers of two +- 1, a width of 1, and one above the 4096-wide tile
 WIDTHS = (1, 3, 127, 769, 1023, 1500, 4097)
@@ -23,35 +23,88 @@ ROW_COUNTS = (1, 37)
 pytestmark = pytest.mark.usefixtures("poison")
 
 
-def _run(x, weight, bias, dy, *, is_rms=False, residual=None, dh=None, n_norm_dims=1,
-         eps=1e-5, weight_offset=0.0, fwd_config=None, bwd_config=None):
+def _run(
+    x,
+    weight,
+    bias,
+    dy,
+    *,
+    is_rms=False,
+    residual=None,
+    dh=None,
+    n_norm_dims=1,
+    eps=1e-5,
+    weight_offset=0.0,
+    fwd_config=None,
+    bwd_config=None,
+):
     """Kernels forward then backward: (y, h, mean, rstd, dx, dweight, dbias)."""
     h_dtype = None if residual is None else ops.h_dtype(x, residual, False)
-    y, h, mean, rstd = kernels.norm_fwd(x, residual, weight, bias, n_norm_dims=n_norm_dims,
-                                       eps=eps, is_rms=is_rms, weight_offset=weight_offset,
-                                       h_dtype=h_dtype, config=fwd_config)
+    y, h, mean, rstd = kernels.norm_fwd(
+        x,
+        residual,
+        weight,
+        bias,
+        n_norm_dims=n_norm_dims,
+        eps=eps,
+        is_rms=is_rms,
+        weight_offset=weight_offset,
+        h_dtype=h_dtype,
+        config=fwd_config,
+    )
     dx, dweight, dbias = kernels.norm_bwd(
-        dy, x if h is None else h, weight, mean, rstd, dh, n_norm_dims=n_norm_dims,
-        is_rms=is_rms, weight_offset=weight_offset,
+        dy,
+        x if h is None else h,
+        weight,
+        mean,
+        rstd,
+        dh,
+        n_norm_dims=n_norm_dims,
+        is_rms=is_rms,
+        weight_offset=weight_offset,
         dweight_dtype=None if weight is None else weight.dtype,
-        dbias_dtype=None if bias is None else bias.dtype, config=bwd_config)
+        dbias_dtype=None if bias is None else bias.dtype,
+        config=bwd_config,
+    )
     return y, h, mean, rstd, dx, dweight, dbias
 
 
-def _expected(x, weight, bias, dy, *, is_rms=False, residual=None, dh=None, n_norm_dims=1,
-              eps=1e-5, weight_offset=0.0):
+def _expected(
+    x,
+    weight,
+    bias,
+    dy,
+    *,
+    is_rms=False,
+    residual=None,
+    dh=None,
+    n_norm_dims=1,
+    eps=1e-5,
+    weight_offset=0.0,
+):
     """The float64 reference on the same (rounded) inputs, in the kernels' output layout."""
 
     def f64(t):
         return None if t is None else t.double().cpu()
 
     h = f64(x) if residual is None else f64(x) + f64(residual)
-    y, h_out, mean, rstd = ops.norm_fwd(h, None, f64(weight), f64(bias), n_norm_dims, eps,
-                                        weight_offset, is_rms, False, "reference")
+    y, h_out, mean, rstd = ops.norm_fwd(
+        h, None, f64(weight), f64(bias), n_norm_dims, eps, weight_offset, is_rms, False, "reference"
+    )
     dx, dweight, dbias = ops.norm_bwd(
-        f64(dy), h, f64(weight), mean, rstd, f64(dh), n_norm_dims, weight_offset, is_rms,
-        None if weight is None else torch.float64, None if bias is None else torch.float64,
-        "reference")
+        f64(dy),
+        h,
+        f64(weight),
+        mean,
+        rstd,
+        f64(dh),
+        n_norm_dims,
+        weight_offset,
+        is_rms,
+        None if weight is None else torch.float64,
+        None if bias is None else torch.float64,
+        "reference",
+    )
     return y, h, mean, rstd, dx, dweight, dbias
 
 
@@ -77,8 +130,7 @@ def test_layer_norm(dtype, n, rows):
 @pytest.mark.parametrize("n", (3, 769, 4097))
 def test_rms_norm(dtype, n):
     x, dy, weight = make_input((37, n), dtype), make_input((37, n), dtype), make_input(n, dtype)
-    _check(_run(x, weight, None, dy, is_rms=True), _expected(x, weight, None, dy, is_rms=True),
-           37)
+    _check(_run(x, weight, None, dy, is_rms=True), _expected(x, weight, None, dy, is_rms=True), 37)
 
 
 # LayerNorm: weight and bias, weight only, bias only, neither; RMSNorm has no bias
@@ -135,8 +187,14 @@ def test_fused_residual(is_rms, h_is_fp32):
 def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.NormConfig:
     """A looped-kernel config with a tiny chunk so that small rows span several chunks."""
     tiles = math.ceil(rows / rows_per_tile)
-    return kernels.NormConfig(block_n=block_n, rows_per_tile=rows_per_tile, single_block=False,
-                              num_warps=4, grid=math.ceil(tiles / 2), tiles_per_program=2)
+    return kernels.NormConfig(
+        block_n=block_n,
+        rows_per_tile=rows_per_tile,
+        single_block=False,
+        num_warps=4,
+        grid=math.ceil(tiles / 2),
+        tiles_per_program=2,
+    )
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -148,8 +206,9 @@ def test_looped_kernels_over_chunks(dtype, is_rms, n):
     residual = make_input((9, n), dtype)
     weight, bias = make_input(n, dtype), None if is_rms else make_input(n, dtype)
     cfg = _looped_config(9, 64)
-    got = _run(x, weight, bias, dy, is_rms=is_rms, residual=residual, fwd_config=cfg,
-               bwd_config=cfg)
+    got = _run(
+        x, weight, bias, dy, is_rms=is_rms, residual=residual, fwd_config=cfg, bwd_config=cfg
+    )
     want = _expected(got[1].cpu(), weight, bias, dy, is_rms=is_rms)
     _check(got[:1] + (None,) + got[2:], want, 9)
 
@@ -177,8 +236,8 @@ def test_rows_are_batch_invariant():
     weight, bias = make_input(500, torch.bfloat16), make_input(500, torch.bfloat16)
     y, _, _, _, dx, _, _ = _run(x, weight, bias, dy)
     for i in (0, 17, 36):
-        y_i, _, _, _, dx_i, _, _ = _run(x[i:i + 1], weight, bias, dy[i:i + 1])
-        assert torch.equal(y[i:i + 1], y_i) and torch.equal(dx[i:i + 1], dx_i)
+        y_i, _, _, _, dx_i, _, _ = _run(x[i : i + 1], weight, bias, dy[i : i + 1])
+        assert torch.equal(y[i : i + 1], y_i) and torch.equal(dx[i : i + 1], dx_i)
 
 
 def _strided_views():
@@ -190,11 +249,17 @@ def _strided_views():
         ("sliced rows", base.reshape(24, 80)[:, :64], False),
         ("every other row", base.reshape(24, 80)[::2], False),
         ("transposed leading dims", base.transpose(0, 1), False),
-        ("three permuted leading dims", make_input((2, 3, 4, 16), torch.float32)
-         .permute(2, 0, 1, 3), False),
+        (
+            "three permuted leading dims",
+            make_input((2, 3, 4, 16), torch.float32).permute(2, 0, 1, 3),
+            False,
+        ),
         ("broadcast rows", make_input((1, 80), torch.float32).expand(5, 80), False),
-        ("four unmergeable leading dims", make_input((2, 3, 2, 3, 16), torch.float32)
-         .permute(3, 2, 1, 0, 4), True),
+        (
+            "four unmergeable leading dims",
+            make_input((2, 3, 2, 3, 16), torch.float32).permute(3, 2, 1, 0, 4),
+            True,
+        ),
         ("non-contiguous row", base.transpose(1, 2), True),
     ]
 
@@ -250,18 +315,22 @@ def test_rows_of_a_million_elements():
     shape = (1, 256, 256, 16)
     x, dy = make_input(shape, torch.bfloat16), make_input(shape, torch.bfloat16)
     weight, bias = make_input(shape[1:], torch.float32), make_input(shape[1:], torch.float32)
-    _check(_run(x, weight, bias, dy, n_norm_dims=3), _expected(x, weight, bias, dy, n_norm_dims=3),
-           1)
+    _check(
+        _run(x, weight, bias, dy, n_norm_dims=3), _expected(x, weight, bias, dy, n_norm_dims=3), 1
+    )
 
 
-@pytest.mark.parametrize("shape,n,view,align", [
-    ((8, 4096), 4096, lambda t: t, 16),
-    ((8, 4104), 4104, lambda t: t, 8),
-    ((8, 80), 64, lambda t: t[:, :64], 16),
-    ((8, 4100), 4096, lambda t: t[:, :4096], 4),
-    ((8, 3), 3, lambda t: t, 1),
-    ((1, 4104), 4104, lambda t: t.expand(5, 4104), 8),
-])
+@pytest.mark.parametrize(
+    "shape,n,view,align",
+    [
+        ((8, 4096), 4096, lambda t: t, 16),
+        ((8, 4104), 4104, lambda t: t, 8),
+        ((8, 80), 64, lambda t: t[:, :64], 16),
+        ((8, 4100), 4096, lambda t: t[:, :4096], 4),
+        ((8, 3), 3, lambda t: t, 1),
+        ((1, 4104), 4104, lambda t: t.expand(5, 4104), 8),
+    ],
+)
 def test_vector_align_divides_the_width_and_every_stride(shape, n, view, align):
     """The ALIGN the kernels assert: a wrong (too large) one would misalign vector loads."""
     x = view(torch.zeros(shape))

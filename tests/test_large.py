@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close
 
 import layernorm_gpu as lg
+from helpers import assert_close
 
 
 @pytest.mark.gpu
@@ -26,6 +26,6 @@ def test_more_than_2_31_elements_forward_and_backward():
     assert torch.isfinite(x.grad[tail]).all() and not x.grad[tail].isnan().any()
     x_tail = x[tail].detach().double().requires_grad_()
     (dx_tail,) = torch.autograd.grad(
-        torch.nn.functional.layer_norm(x_tail, (n,), w.detach().double()), x_tail,
-        dy[tail].double())
+        torch.nn.functional.layer_norm(x_tail, (n,), w.detach().double()), x_tail, dy[tail].double()
+    )
     assert_close(x.grad[tail].cpu(), dx_tail.cpu())

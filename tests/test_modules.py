@@ -2,7 +2,7 @@
 ``weight_offset`` (Gemma-style) scale, and ``replace_norms``.
 
 Outputs and gradients are compared with torch's own module run in float64 on the same (already
-rounded) inputs and parameters, at the conftest tolerances of the compared tensor's dtype; the
+rounded) inputs and parameters, at the helpers tolerances of the compared tensor's dtype; the
 module under test runs on both backends: ``"reference"`` and ``"triton"`` (Triton's interpreter
 on CPU tensors without CUDA).
 """
@@ -10,35 +10,17 @@ on CPU tensors without CUDA).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, assert_close, make_input
 from torch import nn
 
+from bench.train import GPTConfig, TinyGPT
+from helpers import KERNEL_DEVICE, assert_close, make_input
 from layernorm_gpu import LayerNorm, RMSNorm, dispatch, layer_norm, replace_norms, rms_norm
 
-
-def _import_bench_train() -> ModuleType:
-    """``bench/train.py`` (the TinyGPT model), imported from its path: bench is not installed,
-    and this works from any directory, under ``pytest`` as under ``python -m pytest``."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "train.py"
-    spec = importlib.util.spec_from_file_location("layernorm_gpu_bench_train", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-_bench_train = _import_bench_train()
-GPTConfig, TinyGPT = _bench_train.GPTConfig, _bench_train.TinyGPT
 BACKENDS = ("reference", "triton")
 CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "layer": (nn.LayerNorm, LayerNorm),
@@ -55,11 +37,15 @@ DTYPE_CASES = [
 CONSTRUCTOR_CASES = [
     pytest.param("layer", {"normalized_shape": 16}, id="ln"),
     pytest.param("layer", {"normalized_shape": (4, 8), "eps": 1e-3}, id="ln-2d-eps"),
-    pytest.param("layer", {"normalized_shape": torch.Size([2, 3, 4]), "bias": False},
-                 id="ln-3d-nobias"),
+    pytest.param(
+        "layer", {"normalized_shape": torch.Size([2, 3, 4]), "bias": False}, id="ln-3d-nobias"
+    ),
     pytest.param("layer", {"normalized_shape": 16, "elementwise_affine": False}, id="ln-noaffine"),
-    pytest.param("layer", {"normalized_shape": [16], "elementwise_affine": False, "bias": False},
-                 id="ln-noaffine-nobias"),
+    pytest.param(
+        "layer",
+        {"normalized_shape": [16], "elementwise_affine": False, "bias": False},
+        id="ln-noaffine-nobias",
+    ),
     pytest.param("rms", {"normalized_shape": 16}, id="rms"),
     pytest.param("rms", {"normalized_shape": 16, "eps": None}, id="rms-eps-none"),
     pytest.param("rms", {"normalized_shape": (4, 8), "eps": 1e-6}, id="rms-2d-eps"),
@@ -68,8 +54,11 @@ CONSTRUCTOR_CASES = [
 PARITY_CASES = [
     pytest.param("layer", {"normalized_shape": 32}, id="ln"),
     pytest.param("layer", {"normalized_shape": (4, 8), "bias": False}, id="ln-2d-nobias"),
-    pytest.param("layer", {"normalized_shape": 32, "elementwise_affine": False, "eps": 1e-3},
-                 id="ln-noaffine"),
+    pytest.param(
+        "layer",
+        {"normalized_shape": 32, "elementwise_affine": False, "eps": 1e-3},
+        id="ln-noaffine",
+    ),
     pytest.param("rms", {"normalized_shape": 32}, id="rms-eps-none"),
     pytest.param("rms", {"normalized_shape": (4, 8), "eps": 1e-6}, id="rms-2d"),
     pytest.param("rms", {"normalized_shape": 32, "elementwise_affine": False}, id="rms-noaffine"),
@@ -106,8 +95,9 @@ def _oracle(model: nn.Module, x_dtype: torch.dtype) -> nn.Module:
     return oracle
 
 
-def _run(module: nn.Module, x: torch.Tensor, dy: torch.Tensor
-         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _run(
+    module: nn.Module, x: torch.Tensor, dy: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward and backward (seeded with ``dy``): the output and the gradients of x and of
     every parameter, by name."""
     x = x.detach().clone().requires_grad_(True)
@@ -167,8 +157,9 @@ def test_positional_arguments_match_torch() -> None:
 @pytest.mark.parametrize("kind", CLASSES)
 @pytest.mark.parametrize("device", [KERNEL_DEVICE, torch.device("meta")], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, None], ids=str)
-def test_device_and_dtype_arguments(kind: str, device: torch.device,
-                                    dtype: torch.dtype | None) -> None:
+def test_device_and_dtype_arguments(
+    kind: str, device: torch.device, dtype: torch.dtype | None
+) -> None:
     torch_cls, our_cls = CLASSES[kind]
     ours = our_cls((2, 8), device=device, dtype=dtype)
     theirs = torch_cls((2, 8), device=device, dtype=dtype)
@@ -232,10 +223,11 @@ def test_deepcopy_keeps_our_options() -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("x_dtype", "param_dtype"), DTYPE_CASES)
 @pytest.mark.parametrize(("kind", "kwargs"), PARITY_CASES)
-def test_module_parity_with_torch(kind: str, kwargs: dict[str, Any], x_dtype: torch.dtype,
-                                  param_dtype: torch.dtype, backend: str) -> None:
+def test_module_parity_with_torch(
+    kind: str, kwargs: dict[str, Any], x_dtype: torch.dtype, param_dtype: torch.dtype, backend: str
+) -> None:
     """Same parameters in torch's module and ours: y, dx, dW, dB in torch's dtypes, and equal
-    to torch's module in float64 at the conftest tolerances (dW/dB: sums over the rows)."""
+    to torch's module in float64 at the helpers tolerances (dW/dB: sums over the rows)."""
     torch_cls, our_cls = CLASSES[kind]
     theirs = torch_cls(**kwargs, device=KERNEL_DEVICE, dtype=param_dtype)
     _randomize(theirs)
@@ -262,8 +254,9 @@ def test_module_parity_with_torch(kind: str, kwargs: dict[str, Any], x_dtype: to
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("x_dtype", "param_dtype"), DTYPE_CASES)
-def test_rms_norm_default_eps_is_torchs(x_dtype: torch.dtype, param_dtype: torch.dtype,
-                                        backend: str) -> None:
+def test_rms_norm_default_eps_is_torchs(
+    x_dtype: torch.dtype, param_dtype: torch.dtype, backend: str
+) -> None:
     """``RMSNorm(eps=None)`` adds torch's default eps. Rows with a small RMS make the eps
     visible: 1e-2 * randn has mean(x^2) ~ 1e-4, so a 16-bit eps (2**-7 for bfloat16) in place
     of float32's changes y far beyond rounding."""
@@ -302,8 +295,14 @@ def test_output_can_be_modified_in_place(kind: str, backend: str) -> None:
 # --- weight_offset: y = x_hat * (weight_offset + w) + b -------------------------------------
 
 
-def _offset_formula(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float,
-                    weight_offset: float, is_rms: bool) -> torch.Tensor:
+def _offset_formula(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    eps: float,
+    weight_offset: float,
+    is_rms: bool,
+) -> torch.Tensor:
     """The Gemma-style norm written out (use float64 inputs)."""
     dims = tuple(range(x.dim() - w.dim(), x.dim()))
     if is_rms:
@@ -316,8 +315,9 @@ def _offset_formula(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, ep
 
 
 @pytest.mark.parametrize(("kind", "kwargs"), CONSTRUCTOR_CASES)
-def test_weight_offset_module_initialises_weight_to_zeros(kind: str,
-                                                          kwargs: dict[str, Any]) -> None:
+def test_weight_offset_module_initialises_weight_to_zeros(
+    kind: str, kwargs: dict[str, Any]
+) -> None:
     """With ``weight_offset=1.0`` the weight starts (and resets) at zeros, the effective scale
     at 1; the bias and the state_dict keys are torch's."""
     torch_cls, our_cls = CLASSES[kind]
@@ -352,9 +352,9 @@ def test_weight_offset_module_starts_at_unit_scale(kind: str, backend: str) -> N
 @pytest.mark.parametrize(("x_dtype", "param_dtype"), DTYPE_CASES)
 @pytest.mark.parametrize("weight_offset", [1.0, 0.25])
 @pytest.mark.parametrize("kind", CLASSES)
-def test_weight_offset_functional_matches_formula(kind: str, weight_offset: float,
-                                                  x_dtype: torch.dtype, param_dtype: torch.dtype,
-                                                  backend: str) -> None:
+def test_weight_offset_functional_matches_formula(
+    kind: str, weight_offset: float, x_dtype: torch.dtype, param_dtype: torch.dtype, backend: str
+) -> None:
     """layer_norm / rms_norm with ``weight_offset``: y and the gradients of x, w, b equal the
     hand-written float64 formula (autograd through it)."""
     is_rms = kind == "rms"
@@ -366,12 +366,20 @@ def test_weight_offset_functional_matches_formula(kind: str, weight_offset: floa
     leaves = [t.clone().requires_grad_(True) for t in inputs]
     leaves64 = [t.double().requires_grad_(True) for t in inputs]
     if is_rms:
-        y = rms_norm(leaves[0], norm_shape, leaves[1], eps, weight_offset=weight_offset,
-                     backend=backend)
+        y = rms_norm(
+            leaves[0], norm_shape, leaves[1], eps, weight_offset=weight_offset, backend=backend
+        )
         y_ref = _offset_formula(leaves64[0], leaves64[1], None, eps, weight_offset, True)
     else:
-        y = layer_norm(leaves[0], norm_shape, leaves[1], leaves[2], eps,
-                       weight_offset=weight_offset, backend=backend)
+        y = layer_norm(
+            leaves[0],
+            norm_shape,
+            leaves[1],
+            leaves[2],
+            eps,
+            weight_offset=weight_offset,
+            backend=backend,
+        )
         y_ref = _offset_formula(*leaves64, eps, weight_offset, False)
     assert y.dtype == x_dtype
     assert_close(y, y_ref, msg="y")
@@ -386,8 +394,9 @@ def test_weight_offset_functional_matches_formula(kind: str, weight_offset: floa
 
 
 def _encoder_layer(norm_first: bool) -> nn.Module:
-    return nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True,
-                                      norm_first=norm_first)
+    return nn.TransformerEncoderLayer(
+        16, 2, dim_feedforward=32, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
 
 
 MODELS = {
@@ -401,13 +410,15 @@ MODELS = {
 
 def _model_input(name: str, dtype: torch.dtype) -> torch.Tensor:
     if name.startswith("gpt"):
-        return torch.randint(0, TINY_GPT["vocab_size"], (2, TINY_GPT["block_size"]),
-                             device=KERNEL_DEVICE)
+        return torch.randint(
+            0, TINY_GPT["vocab_size"], (2, TINY_GPT["block_size"]), device=KERNEL_DEVICE
+        )
     return make_input((2, 5, 16), dtype)
 
 
-def _model_run(model: nn.Module, inp: torch.Tensor, dy: torch.Tensor
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _model_run(
+    model: nn.Module, inp: torch.Tensor, dy: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Output and gradients (of every parameter, and of a float input) of ``model``."""
     model.zero_grad(set_to_none=True)
     if inp.is_floating_point():
@@ -422,8 +433,9 @@ def _model_run(model: nn.Module, inp: torch.Tensor, dy: torch.Tensor
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model_name", MODELS)
-def test_replace_norms_keeps_outputs_gradients_and_parameters(model_name: str,
-                                                              backend: str) -> None:
+def test_replace_norms_keeps_outputs_gradients_and_parameters(
+    model_name: str, backend: str
+) -> None:
     """After the swap every norm is ours, holds the very same Parameter objects, runs on the
     requested backend, and the model's output and gradients equal the float64 model's
     (float64 on the reference backend, float32 on the kernels)."""
@@ -451,8 +463,9 @@ def test_replace_norms_keeps_outputs_gradients_and_parameters(model_name: str,
     calls = dispatch.calls[backend]
     out, grads = _model_run(model, inp, dy)
     assert dispatch.calls[backend] == calls + 2 * n_norms
-    out_ref, grads_ref = _model_run(oracle, inp.double() if inp.is_floating_point() else inp,
-                                    dy.double())
+    out_ref, grads_ref = _model_run(
+        oracle, inp.double() if inp.is_floating_point() else inp, dy.double()
+    )
     tokens = out_shape[0] * out_shape[1]
     assert_close(out, out_ref, msg="output")
     assert grads.keys() == grads_ref.keys()
@@ -478,8 +491,7 @@ def test_optimizer_built_before_replace_norms_steps_the_model() -> None:
             net(idx).logsumexp(-1).mean().backward()
             optimizer.step()
     assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
-    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters(),
-                                         strict=True):
+    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert not torch.equal(param, initial[name]), f"{name} was not trained"
         assert_close(param, twin_param, msg=name)
 
@@ -495,7 +507,10 @@ def test_replace_norms_on_a_norm_returns_ours(kind: str) -> None:
     swapped = replace_norms(norm, backend="reference")
     assert type(swapped) is our_cls and swapped is not norm
     assert (swapped.normalized_shape, swapped.eps, swapped.elementwise_affine) == (
-        norm.normalized_shape, norm.eps, norm.elementwise_affine)
+        norm.normalized_shape,
+        norm.eps,
+        norm.elementwise_affine,
+    )
     assert swapped.weight is norm.weight and not swapped.training
     if kind == "layer":
         assert swapped.bias is None
@@ -508,8 +523,12 @@ def test_replace_norms_on_a_norm_returns_ours(kind: str) -> None:
 def test_replace_norms_reaches_nested_modules() -> None:
     model = nn.Sequential(
         nn.Linear(8, 8),
-        nn.ModuleDict({"inner": nn.Sequential(nn.LayerNorm(8), nn.ReLU()),
-                       "rms": nn.RMSNorm(8, elementwise_affine=False)}),
+        nn.ModuleDict(
+            {
+                "inner": nn.Sequential(nn.LayerNorm(8), nn.ReLU()),
+                "rms": nn.RMSNorm(8, elementwise_affine=False),
+            }
+        ),
         nn.ModuleList([nn.Sequential(nn.Sequential(nn.LayerNorm(8, bias=False)))]),
     )
     names = [name for name, _ in model.named_modules()]

@@ -13,29 +13,54 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_plain_install_puts_kernels_inside_the_namespace(tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(ROOT)],
-                   check=True, timeout=300, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
     assert (site / "layernorm_gpu" / "kernels" / "norm_fwd.py").is_file()
     assert not (site / "kernels").exists()
-    result = _python("""
+    result = _python(
+        """
         import importlib.util
         import layernorm_gpu.kernels as k
         print(k.__file__)
         assert importlib.util.find_spec("kernels") is None
-    """, tmp_path, PYTHONPATH=str(site))
+    """,
+        tmp_path,
+        PYTHONPATH=str(site),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(site))
 
 
 def test_import_without_triton_gives_the_reference_only(tmp_path):
-    result = _python("""
+    result = _python(
+        """
         import sys
         sys.modules["triton"] = None  # as on a machine without Triton
         import torch
@@ -51,5 +76,7 @@ def test_import_without_triton_gives_the_reference_only(tmp_path):
             assert "not installed" in str(e)
         else:
             raise AssertionError("backend='triton' without Triton did not raise")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@ float64 torch.nn.functional.layer_norm / rms_norm (y, dx, dW, dB).
 
 Error bound per output: at most twice PyTorch's own error at the same dtype (its CPU kernel on
 the same inputs, against the same float64 oracle; zero where torch's result is NaN and ours
-must not be) plus the conftest tolerance of the output dtype, whose atol grows with sqrt(rows)
+must not be) plus the helpers tolerance of the output dtype, whose atol grows with sqrt(rows)
 for the column sums dW and dB. Examples are derandomized so CI is reproducible; raise
 ``LAYERNORM_GPU_HYPOTHESIS_EXAMPLES`` to explore more.
 """
@@ -15,11 +15,11 @@ import os
 
 import torch
 import torch.nn.functional as F
-from conftest import KERNEL_DEVICE, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import layernorm_gpu as lg
+from helpers import KERNEL_DEVICE, tolerance
 
 EXAMPLES = int(os.environ.get("LAYERNORM_GPU_HYPOTHESIS_EXAMPLES", "40"))
 LAYOUTS = ("contiguous", "sliced rows", "strided rows", "transposed leading dims")
@@ -79,16 +79,22 @@ def _check(case, backend, device):
 
     def run(fn, inputs):
         y = fn(*inputs)
-        return [y, *torch.autograd.grad(y, [t for t in inputs if t is not None],
-                                        dy.to(y.dtype).to(y.device))]
+        return [
+            y,
+            *torch.autograd.grad(
+                y, [t for t in inputs if t is not None], dy.to(y.dtype).to(y.device)
+            ),
+        ]
 
     if case["is_rms"]:
+
         def ours(a, w, b):
             return lg.rms_norm(a, norm, w, eps, backend=backend)
 
         def torchs(a, w, b):
             return F.rms_norm(a, norm, w, eps)
     else:
+
         def ours(a, w, b):
             return lg.layer_norm(a, norm, w, b, eps, backend=backend)
 
@@ -98,14 +104,16 @@ def _check(case, backend, device):
     got = run(ours, (x, weight, bias))
     cpu = [None if t is None else t.detach().cpu().requires_grad_() for t in (x, weight, bias)]
     torch_out = run(torchs, cpu)
-    f64 = [None if t is None else t.detach().double().cpu().requires_grad_()
-           for t in (x, weight, bias)]
+    f64 = [
+        None if t is None else t.detach().double().cpu().requires_grad_() for t in (x, weight, bias)
+    ]
     oracle = run(torchs, f64)
     rows = x.numel() // max(1, math.prod(norm))
     names = ["y", "dx"] + ["dweight"] * (weight is not None) + ["dbias"] * (bias is not None)
     reductions = [1, 1, rows, rows]
-    for name, g, t, o, red in zip(names, got, torch_out, oracle, reductions[: len(names)],
-                                  strict=True):
+    for name, g, t, o, red in zip(
+        names, got, torch_out, oracle, reductions[: len(names)], strict=True
+    ):
         atol, rtol = tolerance(g.dtype, red)
         scale = _max_err(torch.zeros_like(o), o.detach())
         torch_err = _max_err(t, o.detach())

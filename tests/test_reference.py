@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, make_input
 
+from helpers import assert_close, make_input
 from layernorm_gpu import reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -80,8 +80,7 @@ def test_rms_norm_matches_float64_autograd(dtype, rows, n):
 def test_backward_without_bias_or_weight_returns_none():
     x = make_input((4, 8), torch.float32, "cpu")
     _, mean, rstd = reference.forward(x, None, None, 1e-5)
-    dx, dweight, dbias = reference.backward(torch.randn(4, 8), x, None, mean, rstd,
-                                            has_bias=False)
+    dx, dweight, dbias = reference.backward(torch.randn(4, 8), x, None, mean, rstd, has_bias=False)
     assert dweight is None and dbias is None and dx.shape == x.shape
 
 

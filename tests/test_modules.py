@@ -1,5 +1,5 @@
 """``layernorm_gpu.LayerNorm`` / ``RMSNorm`` as drop-in replacements of torch's modules, the
-``weight_offset`` (Gemma-style) scale, and ``replace_norms``.
+``weight_offset`` (Gemma-style) scale (``replace_norms``: ``test_replace_norms.py``).
 
 Outputs and gradients are compared with torch's own module run in float64 on the same (already
 rounded) inputs and parameters, at the helpers tolerances of the compared tensor's dtype; the
@@ -17,9 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.train import GPTConfig, TinyGPT
 from helpers import KERNEL_DEVICE, assert_close, make_input
-from layernorm_gpu import LayerNorm, RMSNorm, dispatch, layer_norm, replace_norms, rms_norm
+from layernorm_gpu import LayerNorm, RMSNorm, dispatch, layer_norm, rms_norm
 
 BACKENDS = ("reference", "triton")
 CLASSES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
@@ -63,7 +62,6 @@ PARITY_CASES = [
     pytest.param("rms", {"normalized_shape": (4, 8), "eps": 1e-6}, id="rms-2d"),
     pytest.param("rms", {"normalized_shape": 32, "elementwise_affine": False}, id="rms-noaffine"),
 ]
-TINY_GPT = {"vocab_size": 32, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 16}
 
 
 def _randomize(module: nn.Module) -> None:
@@ -71,12 +69,6 @@ def _randomize(module: nn.Module) -> None:
     with torch.no_grad():
         for param in module.parameters():
             param.copy_(make_input(param.shape, param.dtype, param.device, scale=0.5))
-
-
-def _randomize_norms(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm | nn.RMSNorm):
-            _randomize(module)
 
 
 def _default_rms_eps(x_dtype: torch.dtype) -> float:
@@ -107,10 +99,6 @@ def _run(
     grads = {"x": x.grad}
     grads.update({name: p.grad for name, p in module.named_parameters()})
     return y.detach(), grads
-
-
-def _norms(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.LayerNorm | nn.RMSNorm)]
 
 
 # --- construction: torch's contract --------------------------------------------------------
@@ -388,176 +376,3 @@ def test_weight_offset_functional_matches_formula(
     for name, leaf, leaf64 in zip("xwb", leaves, leaves64, strict=False):
         assert leaf.grad.dtype == leaf.dtype, name
         assert_close(leaf.grad, leaf64.grad, reduction=1 if name == "x" else 6, msg=name)
-
-
-# --- replace_norms ---------------------------------------------------------------------------
-
-
-def _encoder_layer(norm_first: bool) -> nn.Module:
-    return nn.TransformerEncoderLayer(
-        16, 2, dim_feedforward=32, dropout=0.0, batch_first=True, norm_first=norm_first
-    )
-
-
-MODELS = {
-    "encoder-prenorm": lambda: _encoder_layer(True),
-    "encoder-postnorm": lambda: _encoder_layer(False),
-    "gpt-layernorm": lambda: TinyGPT(GPTConfig(**TINY_GPT, norm="layer")),
-    "gpt-layernorm-nobias": lambda: TinyGPT(GPTConfig(**TINY_GPT, norm="layer", bias=False)),
-    "gpt-rmsnorm": lambda: TinyGPT(GPTConfig(**TINY_GPT, norm="rms")),
-}
-
-
-def _model_input(name: str, dtype: torch.dtype) -> torch.Tensor:
-    if name.startswith("gpt"):
-        return torch.randint(
-            0, TINY_GPT["vocab_size"], (2, TINY_GPT["block_size"]), device=KERNEL_DEVICE
-        )
-    return make_input((2, 5, 16), dtype)
-
-
-def _model_run(
-    model: nn.Module, inp: torch.Tensor, dy: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Output and gradients (of every parameter, and of a float input) of ``model``."""
-    model.zero_grad(set_to_none=True)
-    if inp.is_floating_point():
-        inp = inp.detach().clone().requires_grad_(True)
-    out = model(inp)
-    out.backward(dy.to(out.dtype))
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    if inp.is_floating_point():
-        grads["input"] = inp.grad
-    return out.detach(), grads
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("model_name", MODELS)
-def test_replace_norms_keeps_outputs_gradients_and_parameters(
-    model_name: str, backend: str
-) -> None:
-    """After the swap every norm is ours, holds the very same Parameter objects, runs on the
-    requested backend, and the model's output and gradients equal the float64 model's
-    (float64 on the reference backend, float32 on the kernels)."""
-    dtype = torch.float64 if backend == "reference" else torch.float32
-    model = MODELS[model_name]().to(KERNEL_DEVICE, dtype)
-    _randomize_norms(model)
-    oracle = _oracle(model, dtype)
-    params = dict(model.named_parameters())
-    names = [name for name, _ in model.named_modules()]
-    n_norms = len(_norms(model))
-
-    assert replace_norms(model, backend=backend) is model
-
-    assert [name for name, _ in model.named_modules()] == names
-    norms = _norms(model)
-    assert len(norms) == n_norms > 0
-    assert all(isinstance(m, LayerNorm | RMSNorm) and m.backend == backend for m in norms)
-    after = dict(model.named_parameters())
-    assert after.keys() == params.keys()
-    assert all(after[name] is param for name, param in params.items())
-
-    inp = _model_input(model_name, dtype)
-    out_shape = oracle(inp.double() if inp.is_floating_point() else inp).shape
-    dy = make_input(out_shape, dtype)
-    calls = dispatch.calls[backend]
-    out, grads = _model_run(model, inp, dy)
-    assert dispatch.calls[backend] == calls + 2 * n_norms
-    out_ref, grads_ref = _model_run(
-        oracle, inp.double() if inp.is_floating_point() else inp, dy.double()
-    )
-    tokens = out_shape[0] * out_shape[1]
-    assert_close(out, out_ref, msg="output")
-    assert grads.keys() == grads_ref.keys()
-    for name, grad in grads.items():
-        assert_close(grad, grads_ref[name], reduction=tokens, msg=name)
-
-
-def test_optimizer_built_before_replace_norms_steps_the_model() -> None:
-    """An optimizer (with momentum state) created before the swap keeps training the swapped
-    model exactly as it trains an unswapped twin."""
-    model = TinyGPT(GPTConfig(**TINY_GPT)).double()
-    _randomize_norms(model)
-    twin = copy.deepcopy(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
-    idx = _model_input("gpt", torch.float64)
-    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-    for step in range(3):
-        if step == 1:
-            replace_norms(model, backend="reference")
-        for net, optimizer in ((model, opt), (twin, twin_opt)):
-            optimizer.zero_grad()
-            net(idx).logsumexp(-1).mean().backward()
-            optimizer.step()
-    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
-    for (name, param), twin_param in zip(model.named_parameters(), twin.parameters(), strict=True):
-        assert not torch.equal(param, initial[name]), f"{name} was not trained"
-        assert_close(param, twin_param, msg=name)
-
-
-@pytest.mark.parametrize("kind", CLASSES)
-def test_replace_norms_on_a_norm_returns_ours(kind: str) -> None:
-    """A model that is itself a norm comes back as ours, with its options, parameters and
-    training mode."""
-    torch_cls, our_cls = CLASSES[kind]
-    kwargs = {"eps": 1e-3, "bias": False} if kind == "layer" else {"eps": None}
-    norm = torch_cls((4, 8), **kwargs, dtype=torch.float64).eval()
-    _randomize(norm)
-    swapped = replace_norms(norm, backend="reference")
-    assert type(swapped) is our_cls and swapped is not norm
-    assert (swapped.normalized_shape, swapped.eps, swapped.elementwise_affine) == (
-        norm.normalized_shape,
-        norm.eps,
-        norm.elementwise_affine,
-    )
-    assert swapped.weight is norm.weight and not swapped.training
-    if kind == "layer":
-        assert swapped.bias is None
-    x = make_input((3, 4, 8), torch.float64)
-    assert_close(swapped(x), norm(x))
-    plain = replace_norms(torch_cls(8, elementwise_affine=False))
-    assert type(plain) is our_cls and plain.weight is None and plain.backend is None
-
-
-def test_replace_norms_reaches_nested_modules() -> None:
-    model = nn.Sequential(
-        nn.Linear(8, 8),
-        nn.ModuleDict(
-            {
-                "inner": nn.Sequential(nn.LayerNorm(8), nn.ReLU()),
-                "rms": nn.RMSNorm(8, elementwise_affine=False),
-            }
-        ),
-        nn.ModuleList([nn.Sequential(nn.Sequential(nn.LayerNorm(8, bias=False)))]),
-    )
-    names = [name for name, _ in model.named_modules()]
-    replace_norms(model, backend="reference")
-    assert [name for name, _ in model.named_modules()] == names
-    assert isinstance(model[1]["inner"][0], LayerNorm)
-    assert isinstance(model[1]["rms"], RMSNorm) and model[1]["rms"].weight is None
-    assert isinstance(model[2][0][0][0], LayerNorm) and model[2][0][0][0].bias is None
-    assert all(type(m) in (LayerNorm, RMSNorm) for m in _norms(model))
-
-
-def test_replace_norms_swaps_a_norm_registered_twice() -> None:
-    """One norm reachable under two names (shared weights) is swapped under both."""
-    model = nn.Module()
-    model.first = model.second = nn.LayerNorm(8)
-    replace_norms(model, backend="reference")
-    assert isinstance(model.first, LayerNorm) and isinstance(model.second, LayerNorm)
-    assert model.first.weight is model.second.weight
-
-
-def test_replace_norms_leaves_our_modules_alone() -> None:
-    ours = LayerNorm(16, weight_offset=1.0, backend="reference")
-    inner = RMSNorm(16, eps=1e-6, backend="reference")
-    model = nn.Sequential(ours, nn.Linear(16, 16), nn.Sequential(inner), nn.LayerNorm(16))
-    replace_norms(model, backend="triton")
-    assert model[0] is ours and model[2][0] is inner
-    assert (ours.backend, ours.weight_offset, inner.backend) == ("reference", 1.0, "reference")
-    assert isinstance(model[3], LayerNorm) and model[3].backend == "triton"
-    swapped = model[3]
-    assert replace_norms(model, backend="reference") is model
-    assert model[3] is swapped and swapped.backend == "triton"
-    assert replace_norms(ours, backend="triton") is ours

@@ -11,8 +11,8 @@ Bandwidth is effective bandwidth: the unavoidable bytes of the byte model (x + y
 x + dy + dx backward, both for forward+backward; the same for every provider) over the median
 time, also as a fraction of the device-to-device copy bandwidth measured in the same run.
 Results go to a CSV (GPU, versions, git commit, time on every row), one PNG per (mode, dtype)
-and a geometric-mean speedup line per baseline. A training-step benchmark (a pre-norm
-transformer block, forward+backward, torch's LayerNorm vs ours) follows.
+and a geometric-mean speedup line per baseline. A training-step benchmark (one Llama
+layer, forward+backward, transformers' LlamaRMSNorm vs ours) follows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .bytes_model import bytes_moved
 
@@ -366,45 +365,27 @@ def plot(rows: list[Row], copy_bw: float, out_dir: Path) -> list[Path]:
     return paths
 
 
-class Block(nn.Module):
-    """A pre-norm transformer block: attention and a 4x GELU MLP, each behind a LayerNorm."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, seq, 3, self.heads, -1).unbind(2)
-        attn = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-        )
-        x = x + self.proj(attn.transpose(1, 2).reshape(batch, seq, dim))
-        return x + self.mlp(self.norm2(x))
-
-
 def training_step(
     dims: tuple[int, ...] = (1024, 4096),
     batch: int = 8,
     seq: int = 1024,
     dtype: torch.dtype = torch.bfloat16,
 ) -> list[tuple[int, float, float]]:
-    """(dim, torch ms, ours ms) of one block's forward+backward, same weights and inputs."""
+    """(dim, transformers ms, ours ms) of one forward+backward of a one-layer Llama body
+    (:func:`bench.model.tiny_llama` at width ``dim``, heads of 128, SDPA attention) on input
+    embeddings, with transformers' ``LlamaRMSNorm`` and with ours; same weights and inputs."""
     import copy
 
     from triton.testing import do_bench
 
     import layernorm_gpu
+    from bench.model import tiny_llama
 
     results = []
     for dim in dims:
-        torch.manual_seed(0)
-        reference = Block(dim, heads=dim // 128).to("cuda", dtype)
+        reference = tiny_llama(
+            hidden_size=dim, num_layers=1, num_heads=dim // 128, attn_implementation="sdpa"
+        ).model.to("cuda", dtype)
         ours = layernorm_gpu.replace_norms(copy.deepcopy(reference), backend="triton")
         x = torch.randn(batch, seq, dim, device="cuda", dtype=dtype, requires_grad=True)
         dy = torch.randn_like(x)
@@ -412,7 +393,7 @@ def training_step(
         for model in (reference, ours):
 
             def step(model=model, x=x, dy=dy) -> None:
-                model(x).backward(dy)
+                model(inputs_embeds=x).last_hidden_state.backward(dy)
 
             times.append(
                 do_bench(
@@ -501,8 +482,8 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.no_train:
         train = Table(
-            "Training step: pre-norm transformer block fwd+bwd, bf16, 8x1024 tokens",
-            ["dim", "torch LayerNorm ms", "layernorm_gpu ms", "speedup"],
+            "Training step: one Llama layer fwd+bwd, bf16, 8x1024 tokens",
+            ["dim", "transformers LlamaRMSNorm ms", "layernorm_gpu ms", "speedup"],
         )
         for dim, theirs, ours in training_step():
             train.add(dim, f"{theirs:.3f}", f"{ours:.3f}", f"{theirs / ours:.3f}x")

@@ -16,7 +16,16 @@ from typing import Any
 import torch
 import transformers
 
-ARCHS = ("llama", "qwen3", "gemma3", "mistral", "t5", "gpt2")
+# arch -> (config class, model class) in transformers
+_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "t5": ("T5Config", "T5ForConditionalGeneration"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+}
+ARCHS = tuple(_CLASSES)
 
 
 def tiny_config(
@@ -28,66 +37,51 @@ def tiny_config(
     vocab_size: int = 128,
     **overrides: Any,
 ) -> transformers.PretrainedConfig:
-    """The config of a tiny ``arch`` model (one of :data:`ARCHS`); ``overrides`` are passed
-    to the config class as they are."""
+    """The config of a tiny ``arch`` model (one of :data:`ARCHS`); ``overrides`` (config
+    class arguments, e.g. ``attn_implementation="sdpa"``) replace or extend it."""
     head_dim = hidden_size // num_heads
-    decoder = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": max(1, num_heads // 2),
-        "max_position_embeddings": 128,
-        "attn_implementation": "eager",
-    }
-    if arch == "llama":
-        return transformers.LlamaConfig(**decoder, **overrides)
-    if arch == "qwen3":
-        return transformers.Qwen3Config(**decoder, head_dim=head_dim, **overrides)
-    if arch == "mistral":
-        return transformers.MistralConfig(**decoder, head_dim=head_dim, **overrides)
-    if arch == "gemma3":
-        return transformers.Gemma3TextConfig(
-            **decoder, head_dim=head_dim, sliding_window=8, **overrides
-        )
     if arch == "t5":
-        return transformers.T5Config(
-            vocab_size=vocab_size,
-            d_model=hidden_size,
-            d_kv=head_dim,
-            d_ff=2 * hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            dropout_rate=0.0,
-            decoder_start_token_id=0,
-            attn_implementation="eager",
-            **overrides,
-        )
-    if arch == "gpt2":
-        return transformers.GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=hidden_size,
-            n_layer=num_layers,
-            n_head=num_heads,
-            n_positions=128,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            attn_implementation="eager",
-            **overrides,
-        )
-    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-
-
-_MODEL_CLASSES = {
-    "llama": "LlamaForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "gemma3": "Gemma3ForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "t5": "T5ForConditionalGeneration",
-    "gpt2": "GPT2LMHeadModel",
-}
+        kwargs = {
+            "vocab_size": vocab_size,
+            "d_model": hidden_size,
+            "d_kv": head_dim,
+            "d_ff": 2 * hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "dropout_rate": 0.0,
+            "decoder_start_token_id": 0,
+        }
+    elif arch == "gpt2":
+        kwargs = {
+            "vocab_size": vocab_size,
+            "n_embd": hidden_size,
+            "n_layer": num_layers,
+            "n_head": num_heads,
+            "n_positions": 128,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        }
+    else:
+        kwargs = {
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": max(1, num_heads // 2),
+            "max_position_embeddings": 128,
+        }
+        if arch != "llama":
+            kwargs["head_dim"] = head_dim
+        if arch == "gemma3":
+            kwargs["sliding_window"] = 8
+    if arch not in _CLASSES:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    config_cls = getattr(transformers, _CLASSES[arch][0])
+    return config_cls(**{"attn_implementation": "eager", **kwargs, **overrides})
 
 
 def tiny_model(
@@ -98,7 +92,7 @@ def tiny_model(
     :func:`tiny_config`."""
     cfg = tiny_config(arch, **config)
     torch.manual_seed(seed)
-    model = getattr(transformers, _MODEL_CLASSES[arch])(cfg)
+    model = getattr(transformers, _CLASSES[arch][1])(cfg)
     return model.to(dtype).train()
 
 

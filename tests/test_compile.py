@@ -7,45 +7,39 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import layernorm_gpu as lg
+from bench.model import tiny_llama
 from helpers import KERNEL_DEVICE, assert_close, make_input
 from layernorm_gpu import dispatch, ops
 
 
-class _Block(torch.nn.Module):
-    """A pre-norm block using every entry point: modules, functional and fused adds."""
-
-    def __init__(self, dim: int, backend: str | None) -> None:
-        super().__init__()
-        self.proj = torch.nn.Linear(dim, dim)
-        self.ln = lg.LayerNorm(dim, backend=backend)
-        self.rms = lg.RMSNorm(dim, backend=backend)
-        self.gemma = lg.RMSNorm(dim, weight_offset=1.0, backend=backend)
-        self.backend = backend
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        y, h = lg.fused_add_layer_norm(
-            x, residual, x.shape[-1], self.ln.weight, self.ln.bias, backend=self.backend
-        )
-        z, h2 = lg.fused_add_rms_norm(
-            self.proj(y),
-            h,
-            x.shape[-1],
-            self.rms.weight,
-            residual_in_fp32=True,
-            backend=self.backend,
-        )
-        return self.gemma(self.ln(z)) + h2 + lg.layer_norm(x, x.shape[-1], backend=self.backend)
+def _model(backend: str | None, device: torch.device) -> torch.nn.Module:
+    """The one small model (``bench/model.py``'s tiny Llama, one layer) with its norms ours."""
+    return lg.replace_norms(tiny_llama(num_layers=1), backend=backend).to(device)
 
 
-def _compare_compiled(block: torch.nn.Module, device: torch.device) -> None:
-    x = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
-    residual = make_input((2, 5, 32), torch.float32, device, requires_grad=True)
-    eager_out = block(x, residual)
-    eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, residual, *block.parameters()])
+def _forward(model: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """The model on input embeddings ``x``, then every functional entry point (the fused adds,
+    Gemma's offset) on its output, with the model's final norm weight."""
+    backend = model.model.norm.backend
+    weight = model.model.norm.weight
+    hidden = model.model(inputs_embeds=x).last_hidden_state
+    y, h = lg.fused_add_layer_norm(hidden, residual, 64, weight, weight, backend=backend)
+    z, h2 = lg.fused_add_rms_norm(y, h, 64, weight, residual_in_fp32=True, backend=backend)
+    gemma = lg.rms_norm(z, 64, weight, weight_offset=1.0, backend=backend)
+    return gemma + h2 + lg.layer_norm(x, 64, backend=backend)
+
+
+def _compare_compiled(model: torch.nn.Module, device: torch.device) -> None:
+    x = make_input((2, 5, 64), torch.float32, device, requires_grad=True)
+    residual = make_input((2, 5, 64), torch.float32, device, requires_grad=True)
+    # the embedding and the head are not on this path (input embeddings, last hidden state)
+    params = [x, residual, *model.model.layers.parameters(), model.model.norm.weight]
+    eager_out = _forward(model, x, residual)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), params)
     torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True)
-    out = compiled(x, residual)
-    grads = torch.autograd.grad(out.square().sum(), [x, residual, *block.parameters()])
+    compiled = torch.compile(_forward, fullgraph=True)
+    out = compiled(model, x, residual)
+    grads = torch.autograd.grad(out.square().sum(), params)
     assert_close(out.detach().cpu(), eager_out.detach().double().cpu())
     for g, e in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
@@ -53,22 +47,22 @@ def _compare_compiled(block: torch.nn.Module, device: torch.device) -> None:
 
 def test_compile_fullgraph_reference_on_cpu():
     dispatch.calls.clear()
-    _compare_compiled(_Block(32, None), torch.device("cpu"))
+    _compare_compiled(_model(None, torch.device("cpu")), torch.device("cpu"))
     assert set(dispatch.calls) == {"reference"}
 
 
 def test_compile_fullgraph_kernels():
     """On CPU this is the interpreter; on CUDA the real kernels."""
-    block = _Block(32, "triton").to(KERNEL_DEVICE)
+    model = _model("triton", KERNEL_DEVICE)
     dispatch.calls.clear()
-    _compare_compiled(block, KERNEL_DEVICE)
+    _compare_compiled(model, KERNEL_DEVICE)
     assert set(dispatch.calls) == {"triton"}
 
 
 @pytest.mark.gpu
 def test_compile_fullgraph_auto_on_cuda():
     dispatch.calls.clear()
-    _compare_compiled(_Block(32, None).cuda(), torch.device("cuda"))
+    _compare_compiled(_model(None, torch.device("cuda")), torch.device("cuda"))
     assert set(dispatch.calls) == {"triton"}
 
 

@@ -1,6 +1,7 @@
 """Hugging Face transformers norms: the recognition table, each convention against the module
 it replaces, whole models after ``replace_norms`` (outputs, loss, every gradient, ten AdamW
-steps, torch.compile), and the ``kernels`` hub layers.
+steps), and the ``kernels`` hub layers. (A patched Llama under ``torch.compile(fullgraph=True)``:
+``test_compile.py``.)
 
 The oracle is the unpatched transformers code run in float64: its ``.float()`` /
 ``.to(torch.float32)`` upcasts are turned into float64 by :class:`_Float64`, so every
@@ -20,6 +21,7 @@ import importlib.util
 import inspect
 import io
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -94,9 +96,11 @@ def _class_source(path: str) -> str:
     """The bodies of ``__init__``, ``forward`` and ``_norm`` of the class at ``path``, read
     from its file (nothing imported), normalised (docstrings dropped, class name replaced)."""
     module_name, _, cls_name = path.rpartition(".")
-    origin = importlib.util.find_spec(module_name).origin
-    tree = ast.parse(Path(origin).read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+    text = Path(importlib.util.find_spec(module_name).origin).read_text()
+    # the class block alone: from its `class` line to the next unindented line
+    start = text.index(f"\nclass {cls_name}(") + 1
+    end = re.compile(r"^\S", re.M).search(text, text.index("\n", start) + 1)
+    node = ast.parse(text[start : end.start() if end else len(text)]).body[0]
     parts = []
     for fn in node.body:
         if isinstance(fn, ast.FunctionDef) and fn.name in ("__init__", "forward", "_norm"):
@@ -211,7 +215,7 @@ def test_bitwise_equal_to_transformers_in_bfloat16() -> None:
     convention, on both backends (printed with ``-s``; README_hf.md states the figures). The
     kernels' and the reference's float32 row sums differ from torch's in order only, so the
     large majority of outputs round to the same bfloat16 value."""
-    x = make_input((256, 64), torch.bfloat16)
+    x = make_input((1024, 64), torch.bfloat16)
     lines = []
     for rep in REPRESENTATIVES:
         theirs = _build(_PREFIX + rep).to(torch.bfloat16)
@@ -228,7 +232,7 @@ def test_bitwise_equal_to_transformers_in_bfloat16() -> None:
             f"reference {shares[0]:7.2%}  triton {shares[1]:7.2%}"
         )
         assert min(shares) >= 0.9, lines[-1]
-    print("\nbf16 outputs bitwise equal to transformers eager (256 x 64):")
+    print("\nbf16 outputs bitwise equal to transformers eager (1024 x 64):")
     print("\n".join(lines))
 
 
@@ -299,21 +303,21 @@ def test_patched_model_matches_unpatched(arch: str, dtype: str, backend: str) ->
         _check_2x(name, grad, grads_hf[name], grads_exact[name], rows=ids.numel())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
 def test_adamw_loss_curves_agree(backend: str) -> None:
-    """Ten AdamW steps of a tiny Llama: the patched model's loss curve stays within twice the
-    unpatched float32 model's distance from the float64 curve (plus float32 tolerance)."""
+    """Ten AdamW steps of a tiny Llama on one batch (the loss falls as it learns it): the
+    patched model's loss curve stays within twice the unpatched float32 model's distance from
+    the float64 curve (plus float32 tolerance)."""
     theirs = _model_case("llama", torch.float32)
     ours = replace_norms(copy.deepcopy(theirs), backend=backend)
     exact = copy.deepcopy(theirs).double()
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, 128, (2, 16), generator=gen) for _ in range(10)]
+    ids = torch.randint(0, 128, (2, 16))
     curves = {}
     for name, model in (("ours", ours), ("theirs", theirs), ("exact", exact)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         curve = []
         with _Float64() if name == "exact" else torch.enable_grad():
-            for ids in batches:
+            for _ in range(10):
                 loss = model(ids, labels=ids).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -370,23 +374,6 @@ def test_patched_transformers_model_saves_and_loads_whole() -> None:
     norm = twin.model.layers[0].input_layernorm
     assert type(norm) is type(model.model.layers[0].input_layernorm) and norm.backend == "reference"
     torch.testing.assert_close(twin(ids).logits, model(ids).logits, rtol=0, atol=0)
-
-
-def test_compiled_patched_model_has_no_graph_break() -> None:
-    """``torch.compile(fullgraph=True)`` of a patched Llama (our ops opaque in the graph):
-    logits and gradients equal eager's."""
-    torch._dynamo.reset()
-    model = replace_norms(_model_case("llama", torch.float32), backend="reference")
-    ids = torch.randint(0, 128, (2, 16))
-    logits, loss, grads = _model_run(model, ids)
-    compiled = torch.compile(model, fullgraph=True)
-    calls = dispatch.calls["reference"]
-    logits_c, loss_c, grads_c = _model_run(compiled, ids)
-    assert dispatch.calls["reference"] > calls, "the compiled graph did not run our ops"
-    atol, rtol = tolerance(torch.float32, ids.numel())
-    torch.testing.assert_close(logits_c, logits, atol=atol, rtol=rtol)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grads_c[name], grad, atol=atol, rtol=1e-4, msg=name)
 
 
 # --- the kernels hub layers -----------------------------------------------------------------

@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     ran = ", ".join(f"{n} op calls on {b}" for b, n in dispatch.calls.items())
     where = "Triton's interpreter on CPU" if on_cpu and backend == "triton" else str(device)
     print(f"{steps} steps on {device}; layernorm_gpu ran {ran} ({where})")
-    if on_cpu:
+    if on_cpu and backend == "triton":
         print("no step times: on CPU they would time numpy (the interpreter), not the kernels")
+    elif on_cpu:
+        print("no step times on CPU: this compares losses (CPU speed: python -m bench)")
     summarize(losses, None if on_cpu else times, warmup=min(5, steps - 1))
     plot(losses, args.out)
     print(f"loss curves written to {args.out}")

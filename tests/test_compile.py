@@ -17,52 +17,66 @@ def _model(backend: str | None, device: torch.device) -> torch.nn.Module:
     return lg.replace_norms(tiny_llama(num_layers=1), backend=backend).to(device)
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """The model on input embeddings ``x``, then every functional entry point (the fused adds,
-    Gemma's offset) on its output, with the model's final norm weight."""
-    backend = model.model.norm.backend
-    weight = model.model.norm.weight
-    hidden = model.model(inputs_embeds=x).last_hidden_state
-    y, h = lg.fused_add_layer_norm(hidden, residual, 64, weight, weight, backend=backend)
-    z, h2 = lg.fused_add_rms_norm(y, h, 64, weight, residual_in_fp32=True, backend=backend)
-    gemma = lg.rms_norm(z, 64, weight, weight_offset=1.0, backend=backend)
-    return gemma + h2 + lg.layer_norm(x, 64, backend=backend)
+def _forward(
+    model: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor, layers: bool
+) -> torch.Tensor:
+    """The model's decoder layers (or, without ``layers``, only its final norm, a patched
+    ``LlamaRMSNorm``) on input embeddings ``x``, then every functional entry point (the fused
+    adds, Gemma's offset) on the result, with the final norm's weight."""
+    norm = model.model.norm
+    hidden = model.model(inputs_embeds=x).last_hidden_state if layers else norm(x)
+    y, h = lg.fused_add_layer_norm(
+        hidden, residual, 64, norm.weight, norm.weight, backend=norm.backend
+    )
+    z, h2 = lg.fused_add_rms_norm(
+        y, h, 64, norm.weight, residual_in_fp32=True, backend=norm.backend
+    )
+    gemma = lg.rms_norm(z, 64, norm.weight, weight_offset=1.0, backend=norm.backend)
+    return gemma + h2 + lg.layer_norm(x, 64, backend=norm.backend)
 
 
-def _compare_compiled(model: torch.nn.Module, device: torch.device) -> None:
+def _compare_compiled(model: torch.nn.Module, device: torch.device, layers: bool) -> None:
     x = make_input((2, 5, 64), torch.float32, device, requires_grad=True)
     residual = make_input((2, 5, 64), torch.float32, device, requires_grad=True)
     # the embedding and the head are not on this path (input embeddings, last hidden state)
-    params = [x, residual, *model.model.layers.parameters(), model.model.norm.weight]
-    eager_out = _forward(model, x, residual)
+    params = [x, residual, model.model.norm.weight]
+    if layers:
+        params += list(model.model.layers.parameters())
+    eager_out = _forward(model, x, residual, layers)
     eager_grads = torch.autograd.grad(eager_out.square().sum(), params)
     torch._dynamo.reset()
     compiled = torch.compile(_forward, fullgraph=True)
-    out = compiled(model, x, residual)
+    out = compiled(model, x, residual, layers)
     grads = torch.autograd.grad(out.square().sum(), params)
     assert_close(out.detach().cpu(), eager_out.detach().double().cpu())
     for g, e in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-def test_compile_fullgraph_reference_on_cpu():
+# the whole decoder layer under Inductor takes minutes on two CPU cores: slow
+LAYERS = [False, pytest.param(True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("layers", LAYERS, ids=["norm", "decoder-layer"])
+def test_compile_fullgraph_reference_on_cpu(layers: bool):
     dispatch.calls.clear()
-    _compare_compiled(_model(None, torch.device("cpu")), torch.device("cpu"))
+    _compare_compiled(_model(None, torch.device("cpu")), torch.device("cpu"), layers)
     assert set(dispatch.calls) == {"reference"}
 
 
-def test_compile_fullgraph_kernels():
+@pytest.mark.parametrize("layers", LAYERS, ids=["norm", "decoder-layer"])
+def test_compile_fullgraph_kernels(layers: bool):
     """On CPU this is the interpreter; on CUDA the real kernels."""
     model = _model("triton", KERNEL_DEVICE)
     dispatch.calls.clear()
-    _compare_compiled(model, KERNEL_DEVICE)
+    _compare_compiled(model, KERNEL_DEVICE, layers)
     assert set(dispatch.calls) == {"triton"}
 
 
 @pytest.mark.gpu
 def test_compile_fullgraph_auto_on_cuda():
     dispatch.calls.clear()
-    _compare_compiled(_model(None, torch.device("cuda")), torch.device("cuda"))
+    _compare_compiled(_model(None, torch.device("cuda")), torch.device("cuda"), layers=True)
     assert set(dispatch.calls) == {"triton"}
 
 

@@ -30,6 +30,20 @@ from ._checks import check_dtypes
 from .dtypes import acc_dtype, h_dtype, output_dtypes
 
 _LIB = "layernorm_gpu"
+# Defined through torch.library.Library rather than the custom_op decorator: a custom_op's
+# implementation is wrapped in torch._dynamo.disable, so the first eager call would import
+# torch._dynamo (seconds); these ops' first call costs milliseconds.
+_LIBRARY = torch.library.Library(_LIB, "DEF")
+_LIBRARY.define(
+    "norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, int n_norm_dims, "
+    "float eps, float weight_offset, bool is_rms, bool residual_in_fp32, str casting, "
+    "str backend) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+_LIBRARY.define(
+    "norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor? dh, "
+    "int n_norm_dims, float weight_offset, bool is_rms, ScalarType? dweight_dtype, "
+    "ScalarType? dbias_dtype, str backend) -> (Tensor, Tensor, Tensor)"
+)
 
 
 def _backend(name: str) -> ModuleType:
@@ -79,8 +93,7 @@ def _forward(backend, x, residual, weight, bias, n_norm_dims, eps, weight_offset
     )
 
 
-@torch.library.custom_op(f"{_LIB}::norm_fwd", mutates_args=())
-def norm_fwd(
+def _norm_fwd_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
@@ -104,7 +117,7 @@ def norm_fwd(
     )  # fmt: skip
 
 
-@norm_fwd.register_fake
+@torch.library.register_fake(f"{_LIB}::norm_fwd")
 def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
       casting, backend):  # fmt: skip
     check_dtypes(x, weight, bias, is_rms=is_rms)
@@ -134,7 +147,7 @@ def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, w
     residual = None if residual is None else to_front(residual, r_dim)
     args = (n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32, casting)
     if w_dim is None and b_dim is None:
-        out = norm_fwd(x, residual, weight, bias, *args, backend)
+        out = torch.ops.layernorm_gpu.norm_fwd(x, residual, weight, bias, *args, backend)
     else:
         broadcast = [1] * (x.dim() - 1 - n_norm_dims)
 
@@ -149,11 +162,12 @@ def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, w
     return out, (0, None if residual is None else 0, None if is_rms else 0, 0)
 
 
+_LIBRARY.impl("norm_fwd", _norm_fwd_impl, "CompositeExplicitAutograd")
 torch.library.register_vmap(f"{_LIB}::norm_fwd", _norm_fwd_vmap)
+norm_fwd = torch.ops.layernorm_gpu.norm_fwd
 
 
-@torch.library.custom_op(f"{_LIB}::norm_bwd", mutates_args=())
-def norm_bwd(
+def _norm_bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -190,7 +204,7 @@ def norm_bwd(
     return dx, empty if dweight is None else dweight, empty.clone() if dbias is None else dbias
 
 
-@norm_bwd.register_fake
+@torch.library.register_fake(f"{_LIB}::norm_bwd")
 def _(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, dweight_dtype,
       dbias_dtype, backend):  # fmt: skip
     norm_shape = x.shape[x.dim() - n_norm_dims :]
@@ -200,6 +214,9 @@ def _(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, dweight
 
     return x.new_empty(x.shape), grad(dweight_dtype), grad(dbias_dtype)
 
+
+_LIBRARY.impl("norm_bwd", _norm_bwd_impl, "CompositeExplicitAutograd")
+norm_bwd = torch.ops.layernorm_gpu.norm_bwd
 
 # torch.nn.LayerNorm and RMSNorm run in float32 under CUDA autocast; so do these ops. CPU
 # autocast leaves both in the input's dtype, which is what an op without a rule does.

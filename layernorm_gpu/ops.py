@@ -37,12 +37,13 @@ _LIBRARY = torch.library.Library(_LIB, "DEF")
 _LIBRARY.define(
     "norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, int n_norm_dims, "
     "float eps, float weight_offset, bool is_rms, bool residual_in_fp32, str casting, "
-    "str backend) -> (Tensor, Tensor, Tensor, Tensor)"
+    "str backend, bool memory_efficient=False) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 _LIBRARY.define(
     "norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor? dh, "
     "int n_norm_dims, float weight_offset, bool is_rms, ScalarType? dweight_dtype, "
-    "ScalarType? dbias_dtype, str backend) -> (Tensor, Tensor, Tensor)"
+    "ScalarType? dbias_dtype, str backend, Tensor? bias=None, bool x_is_y=False, "
+    "ScalarType? dx_dtype=None) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -105,9 +106,11 @@ def _norm_fwd_impl(
     residual_in_fp32: bool,
     casting: str,
     backend: str,
+    memory_efficient: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise the rows (last ``n_norm_dims`` dims) of ``x`` (``x + residual`` if given).
 
+    ``memory_efficient`` only tells autograd to save y rather than the norm's input.
     Returns ``(y, h, mean, rstd)`` (see the module docstring for shapes and dtypes).
     """
     check_dtypes(x, weight, bias, is_rms=is_rms)
@@ -119,7 +122,7 @@ def _norm_fwd_impl(
 
 @torch.library.register_fake(f"{_LIB}::norm_fwd")
 def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
-      casting, backend):  # fmt: skip
+      casting, backend, memory_efficient=False):  # fmt: skip
     check_dtypes(x, weight, bias, is_rms=is_rms)
     h_dt, y_dt, _ = _fwd_dtypes(x, residual, weight, residual_in_fp32, casting)
     stats = acc_dtype(h_dt or x.dtype)
@@ -133,7 +136,7 @@ def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residu
 
 
 def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, weight_offset,
-                   is_rms, residual_in_fp32, casting, backend):  # fmt: skip
+                   is_rms, residual_in_fp32, casting, backend, memory_efficient=False):  # fmt: skip
     """vmap of ``norm_fwd``: the vmapped dim is more rows (moved to the front, or x expanded
     when only the parameters are batched). A batched weight or bias cannot be one vector for all
     rows: then the reference runs, with the parameters broadcast over each batch's rows."""
@@ -146,6 +149,7 @@ def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, w
     x = to_front(x, x_dim)
     residual = None if residual is None else to_front(residual, r_dim)
     args = (n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32, casting)
+    del memory_efficient  # an autograd choice; the vmapped forward is not saved from
     if w_dim is None and b_dim is None:
         out = torch.ops.layernorm_gpu.norm_fwd(x, residual, weight, bias, *args, backend)
     else:
@@ -180,13 +184,19 @@ def _norm_bwd_impl(
     dweight_dtype: torch.dtype | None,
     dbias_dtype: torch.dtype | None,
     backend: str,
+    bias: torch.Tensor | None = None,
+    x_is_y: bool = False,
+    dx_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`norm_fwd` from its saved norm input ``x`` (h when fused), mean and
-    rstd; ``dh`` (optional) is the gradient on the fused output h, added to dx. dW / dB are
-    computed only when their dtype is given.
+    """Gradients of ``norm_fwd`` from its saved norm input ``x`` (h when fused), mean and
+    rstd; or, with ``x_is_y``, from its output y (x_hat recomputed as ``(y - bias) / (weight +
+    weight_offset)``; mean unused). ``dh`` (optional) is the gradient on the fused output h,
+    added to dx. dW / dB are computed only when their dtype is given.
 
-    Returns ``(dx, dweight, dbias)`` (see the module docstring).
+    Returns ``(dx, dweight, dbias)`` (see the module docstring; dx in ``dx_dtype``, default
+    x's).
     """
+    options = {"bias": bias, "x_is_y": True, "dx_dtype": dx_dtype} if x_is_y else {}
     dx, dweight, dbias = _backend(backend).norm_bwd(
         dy,
         x,
@@ -199,6 +209,7 @@ def _norm_bwd_impl(
         weight_offset=weight_offset,
         dweight_dtype=dweight_dtype,
         dbias_dtype=dbias_dtype,
+        **options,
     )
     empty = x.new_empty(0)
     return dx, empty if dweight is None else dweight, empty.clone() if dbias is None else dbias
@@ -206,13 +217,13 @@ def _norm_bwd_impl(
 
 @torch.library.register_fake(f"{_LIB}::norm_bwd")
 def _(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, dweight_dtype,
-      dbias_dtype, backend):  # fmt: skip
+      dbias_dtype, backend, bias=None, x_is_y=False, dx_dtype=None):  # fmt: skip
     norm_shape = x.shape[x.dim() - n_norm_dims :]
 
     def grad(dtype):
         return x.new_empty(0) if dtype is None else x.new_empty(norm_shape, dtype=dtype)
 
-    return x.new_empty(x.shape), grad(dweight_dtype), grad(dbias_dtype)
+    return x.new_empty(x.shape, dtype=dx_dtype), grad(dweight_dtype), grad(dbias_dtype)
 
 
 _LIBRARY.impl("norm_bwd", _norm_bwd_impl, "CompositeExplicitAutograd")

@@ -14,15 +14,15 @@ reports it.
 The conventions, with x the module input, ``x_hat = x * rsqrt(mean(x**2) + eps)`` for RMSNorm
 and ``(x - mean) * rsqrt(var + eps)`` for LayerNorm, both computed in float32:
 
-============  =======================================================  =========  ==========
+============  =======================================================  =========  =============
 name          ``forward`` in transformers                              casting    y dtype
-============  =======================================================  =========  ==========
+============  =======================================================  =========  =============
 ``llama``     ``weight * x_hat.to(x.dtype)``                           ``llama``  promote(x, w)
 ``fp32``      ``(weight.float() * x_hat).to(x.dtype)``                 ``torch``  x
 ``gemma``     ``(x_hat * (1 + weight.float())).type_as(x)``            ``torch``  x
 ``t5``        ``weight * x_hat.to(weight.dtype if 16-bit)``            ``t5``     w if 16-bit
 ``cohere``    LayerNorm ``(weight.float() * x_hat).to(x.dtype)``       ``torch``  x
-============  =======================================================  =========  ==========
+============  =======================================================  =========  =============
 
 plus their unweighted forms (``x_hat.type_as(x)``) and torch's own ``nn.LayerNorm`` /
 ``nn.RMSNorm``. Nothing here imports transformers: the keys are strings, compared with the
@@ -311,8 +311,10 @@ _TRANSFORMERS_TABLE: dict[Convention, tuple[str, ...]] = {
     ): ("olmo.OlmoLayerNorm",),
 }
 
-TORCH_LAYER_NORM = Convention("torch", False, "torch", "torch.nn.LayerNorm", bias=True, eps="eps")
-TORCH_RMS_NORM = Convention("torch", True, "torch", "torch.nn.RMSNorm", eps="eps")
+TORCH_LAYER_NORM = Convention(
+    "torch", False, "torch", "x_hat * weight + bias, rounded once", bias=True, eps="eps"
+)
+TORCH_RMS_NORM = Convention("torch", True, "torch", "x_hat * weight, rounded once", eps="eps")
 
 #: class path (``type(m).__module__ + "." + type(m).__qualname__``) -> its convention
 TABLE: dict[str, Convention] = {

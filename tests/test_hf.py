@@ -387,15 +387,20 @@ def hub_kernels(monkeypatch: pytest.MonkeyPatch):
     ``pythonpath`` and shadows the name, so the import looks past it."""
     root = str(Path(__file__).resolve().parents[1])
     monkeypatch.setattr(sys, "path", [p for p in sys.path if str(Path(p or ".").resolve()) != root])
-    monkeypatch.delitem(sys.modules, "kernels", raising=False)
-    kernels = importlib.import_module("kernels")
-    assert Path(kernels.__file__).parent.parent != Path(root)
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    shadowed = sys.modules.pop("kernels", None)
+    try:
+        kernels = importlib.import_module("kernels")
+        assert Path(kernels.__file__).parent.parent != Path(root)
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    for attr in ("kernel_layer_name", "kernel_condition"):
-        monkeypatch.setattr(LlamaRMSNorm, attr, None, raising=False)
-    kernels.replace_kernel_forward_from_hub(LlamaRMSNorm, "RMSNorm")
-    return kernels
+        for attr in ("kernel_layer_name", "kernel_condition"):
+            monkeypatch.setattr(LlamaRMSNorm, attr, None, raising=False)
+        kernels.replace_kernel_forward_from_hub(LlamaRMSNorm, "RMSNorm")
+        yield kernels
+    finally:
+        sys.modules.pop("kernels", None)
+        if shadowed is not None:
+            sys.modules["kernels"] = shadowed
 
 
 def _kernelized_llama_check(kernels, mapping) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import ops
+from . import ops, sharding
 from ._checks import check_inputs
 from .dispatch import resolve_backend
 
@@ -53,6 +53,7 @@ def layer_norm(
         y: ``x.shape`` in x's dtype, contiguous.
     """
     shape = check_inputs(x, normalized_shape, weight, bias)
+    sharding.register_if_dtensor(x)
     y, _, _, _ = ops.norm_fwd(
         x,
         None,
@@ -85,6 +86,7 @@ def rms_norm(
         y: ``x.shape`` in x's dtype, contiguous.
     """
     shape = check_inputs(x, normalized_shape, weight, None, is_rms=True)
+    sharding.register_if_dtensor(x)
     y, _, _, _ = ops.norm_fwd(
         x,
         None,
@@ -120,6 +122,7 @@ def fused_add_layer_norm(
         and residual through both y and h.
     """
     shape = check_inputs(x, normalized_shape, weight, bias, residual=residual)
+    sharding.register_if_dtensor(x)
     y, h, _, _ = ops.norm_fwd(
         x,
         residual,
@@ -149,6 +152,7 @@ def fused_add_rms_norm(
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
     :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
     shape = check_inputs(x, normalized_shape, weight, None, residual=residual, is_rms=True)
+    sharding.register_if_dtensor(x)
     eps = _rms_eps(ops.h_dtype(x, residual, residual_in_fp32), eps)
     y, h, _, _ = ops.norm_fwd(
         x,

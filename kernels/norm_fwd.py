@@ -208,6 +208,8 @@ def norm_fwd(
     is_rms: bool,
     weight_offset: float = 0.0,
     h_dtype: torch.dtype | None = None,
+    y_dtype: torch.dtype | None = None,
+    x_hat_dtype: torch.dtype | None = None,
     config: NormConfig | None = None,
     target: Target | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -225,12 +227,14 @@ def norm_fwd(
     """
     n_cols = math.prod(x.shape[x.dim() - n_norm_dims :])
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x_hat_dtype is not None:
+        raise NotImplementedError("the kernels do not round x_hat yet (casting='torch' only)")
+    y = torch.empty(x.shape, dtype=y_dtype or x.dtype, device=x.device)
     h = None
     if residual is not None:
         h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
-    # RMSNorm has no mean: zeros, which the backward never reads (one fill, RMSNorm only)
-    mean = (torch.zeros if is_rms else torch.empty)(n_rows, dtype=torch.float32, device=x.device)
+    # RMSNorm has no mean: an empty tensor the kernels never touch
+    mean = torch.empty(0 if is_rms else n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0 or n_cols == 0:
         mean.zero_()

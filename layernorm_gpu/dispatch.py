@@ -1,7 +1,8 @@
 """Backend choice: which implementation runs a call.
 
-``backend`` is ``"auto"``, ``"triton"`` or ``"reference"``; ``None`` reads the environment
-variable ``LAYERNORM_GPU_BACKEND`` and defaults to ``"auto"``.
+``backend`` is ``"auto"``, ``"triton"`` or ``"reference"``; ``None`` (the default everywhere)
+reads the environment variable ``LAYERNORM_GPU_BACKEND`` (case-insensitive, surrounding
+whitespace ignored; unset or empty means ``"auto"``).
 
 * ``"auto"``: the Triton kernels for float16/bfloat16/float32 CUDA tensors when Triton is
   installed; the reference for everything else (CPU tensors, float64, no Triton).
@@ -34,6 +35,25 @@ def _interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def check_backend(backend: str | None) -> str | None:
+    """``backend`` if it is None or names a backend, else a ValueError naming the choices."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    return backend
+
+
+def env_backend() -> str:
+    """The backend named by ``LAYERNORM_GPU_BACKEND``: compared case-insensitively after
+    stripping whitespace; unset or empty means ``"auto"``."""
+    name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(
+            f"environment variable {ENV_VAR} must be one of {BACKENDS} (or empty), "
+            f"got {os.environ[ENV_VAR]!r}"
+        )
+    return name
+
+
 def resolve_backend(
     backend: str | None, x: torch.Tensor, residual: torch.Tensor | None = None
 ) -> str:
@@ -47,10 +67,7 @@ def resolve_backend(
         TypeError: ``"triton"`` with a dtype the kernels do not take (float64).
     """
     inputs = [x] if residual is None else [x, residual]
-    name = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
-    if name not in BACKENDS:
-        source = "backend" if backend is not None else f"environment variable {ENV_VAR}"
-        raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
+    name = check_backend(backend) if backend is not None else env_backend()
     if name == "reference":
         return "reference"
     if name == "auto":
@@ -70,9 +87,9 @@ def resolve_backend(
         )
     if x.device.type == "cpu" and not _interpreter_enabled():
         raise RuntimeError(
-            "backend='triton' got a CPU tensor: set TRITON_INTERPRET=1 before importing "
-            "layernorm_gpu to run the kernels in Triton's interpreter, or use "
-            "backend='reference' (or a CUDA tensor)"
+            "backend='triton' got a CPU tensor: set the environment variable "
+            "TRITON_INTERPRET=1 (at any time before the first kernel call) to run the kernels "
+            "in Triton's interpreter, or use backend='reference' (or a CUDA tensor)"
         )
     if x.device.type not in ("cpu", "cuda"):
         raise RuntimeError(

@@ -2,9 +2,18 @@
 fused residual add of pre-norm transformers.
 
 Every function validates its inputs (raising before any kernel launch), resolves the backend
-(:mod:`layernorm_gpu.dispatch`) and calls the custom op (:mod:`layernorm_gpu.ops`).
-``weight_offset`` scales by ``weight + weight_offset`` (1.0 for Gemma-style norms whose weight
-is stored zero-centred).
+(:mod:`layernorm_gpu.dispatch`) and calls the differentiable op (:mod:`layernorm_gpu.autograd`).
+Common keyword-only options:
+
+* ``weight_offset``: scale by ``weight + weight_offset`` (1.0 for Gemma-style norms whose
+  weight is stored zero-centred).
+* ``casting``: where the result is rounded (:func:`layernorm_gpu.dtypes.output_dtypes`):
+  ``"torch"`` (default: float32 arithmetic, y rounded once to x's dtype), ``"llama"`` (x_hat
+  rounded to the input's dtype before the weight multiplies it, y in the promoted dtype of
+  input and weight: Hugging Face's Llama-style RMSNorm), ``"t5"`` (x_hat rounded to a 16-bit
+  weight's dtype, y in the weight's dtype: T5LayerNorm).
+* ``backend``: ``"auto"``, ``"triton"`` or ``"reference"``; None reads the environment
+  variable ``LAYERNORM_GPU_BACKEND`` (unset or empty: ``"auto"``).
 """
 
 from __future__ import annotations
@@ -13,21 +22,14 @@ from collections.abc import Sequence
 
 import torch
 
-from . import ops, sharding
+from . import autograd
 from ._checks import check_inputs
 from .dispatch import resolve_backend
+from .dtypes import Casting, check_casting, h_dtype, rms_eps
 
 __all__ = ["fused_add_layer_norm", "fused_add_rms_norm", "layer_norm", "rms_norm"]
 
 ShapeLike = int | Sequence[int] | torch.Size
-
-
-def _rms_eps(dtype: torch.dtype, eps: float | None) -> float:
-    """eps=None: the machine epsilon of the computation dtype (float32 for 16-bit and float32
-    inputs, float64 for float64), as ``torch.nn.functional.rms_norm`` does."""
-    if eps is not None:
-        return float(eps)
-    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
 
 
 def layer_norm(
@@ -38,33 +40,35 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     weight_offset: float = 0.0,
+    casting: Casting = "torch",
     backend: str | None = None,
 ) -> torch.Tensor:
     """LayerNorm over the trailing ``normalized_shape`` dims of ``x``.
 
     Args:
         x: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
+        normalized_shape: the trailing dims normalised together (an int or a sequence of
+            ints, as torch takes it).
         weight, bias: ``normalized_shape``, x's dtype (or float32 with 16-bit x), or None.
         eps: added to the biased variance.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``; None reads
-            ``LAYERNORM_GPU_BACKEND`` (default ``"auto"``).
+        weight_offset, casting, backend: see the module docstring.
 
     Returns:
-        y: ``x.shape`` in x's dtype, contiguous.
+        y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
     """
     shape = check_inputs(x, normalized_shape, weight, bias)
-    sharding.register_if_dtensor(x)
-    y, _, _, _ = ops.norm_fwd(
+    y, _, _, _ = autograd.norm_fwd(
         x,
         None,
         weight,
         bias,
-        len(shape),
-        float(eps),
-        float(weight_offset),
-        False,
-        False,
-        resolve_backend(backend, x),
+        n_norm_dims=len(shape),
+        eps=float(eps),
+        weight_offset=float(weight_offset),
+        is_rms=False,
+        residual_in_fp32=False,
+        casting=check_casting(casting),
+        backend=resolve_backend(backend, x),
     )
     return y
 
@@ -76,28 +80,36 @@ def rms_norm(
     eps: float | None = None,
     *,
     weight_offset: float = 0.0,
+    casting: Casting = "torch",
     backend: str | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the trailing ``normalized_shape`` dims of ``x``
-    (``torch.nn.functional.rms_norm``'s contract: ``eps=None`` means the machine epsilon of the
-    computation dtype, float32 unless x is float64).
+    (``torch.nn.functional.rms_norm``'s contract).
+
+    Args:
+        x: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
+        normalized_shape: the trailing dims normalised together.
+        weight: ``normalized_shape``, any float dtype, or None.
+        eps: added to the mean square; None means the machine epsilon of the arithmetic dtype
+            (float32 unless x is float64).
+        weight_offset, casting, backend: see the module docstring.
 
     Returns:
-        y: ``x.shape`` in x's dtype, contiguous.
+        y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
     """
-    shape = check_inputs(x, normalized_shape, weight, None, is_rms=True)
-    sharding.register_if_dtensor(x)
-    y, _, _, _ = ops.norm_fwd(
+    shape = check_inputs(x, normalized_shape, weight, None)
+    y, _, _, _ = autograd.norm_fwd(
         x,
         None,
         weight,
         None,
-        len(shape),
-        _rms_eps(x.dtype, eps),
-        float(weight_offset),
-        True,
-        False,
-        resolve_backend(backend, x),
+        n_norm_dims=len(shape),
+        eps=rms_eps(x.dtype, eps),
+        weight_offset=float(weight_offset),
+        is_rms=True,
+        residual_in_fp32=False,
+        casting=check_casting(casting),
+        backend=resolve_backend(backend, x),
     )
     return y
 
@@ -112,9 +124,16 @@ def fused_add_layer_norm(
     *,
     residual_in_fp32: bool = False,
     weight_offset: float = 0.0,
+    casting: Casting = "torch",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; y = layer_norm(h)`` in one pass over x and residual.
+
+    Args:
+        x, residual: ``(*, *normalized_shape)``, same shape, any float dtypes and strides.
+        normalized_shape, weight, bias, eps: as :func:`layer_norm`.
+        residual_in_fp32: keep h in (at least) float32.
+        weight_offset, casting, backend: see the module docstring.
 
     Returns:
         ``(y, h)``: h in the dtype of PyTorch's ``x + residual`` (at least float32 if
@@ -122,18 +141,18 @@ def fused_add_layer_norm(
         and residual through both y and h.
     """
     shape = check_inputs(x, normalized_shape, weight, bias, residual=residual)
-    sharding.register_if_dtensor(x)
-    y, h, _, _ = ops.norm_fwd(
+    y, h, _, _ = autograd.norm_fwd(
         x,
         residual,
         weight,
         bias,
-        len(shape),
-        float(eps),
-        float(weight_offset),
-        False,
-        residual_in_fp32,
-        resolve_backend(backend, x, residual),
+        n_norm_dims=len(shape),
+        eps=float(eps),
+        weight_offset=float(weight_offset),
+        is_rms=False,
+        residual_in_fp32=residual_in_fp32,
+        casting=check_casting(casting),
+        backend=resolve_backend(backend, x, residual),
     )
     return y, h
 
@@ -147,23 +166,23 @@ def fused_add_rms_norm(
     *,
     residual_in_fp32: bool = False,
     weight_offset: float = 0.0,
+    casting: Casting = "torch",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
     :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
-    shape = check_inputs(x, normalized_shape, weight, None, residual=residual, is_rms=True)
-    sharding.register_if_dtensor(x)
-    eps = _rms_eps(ops.h_dtype(x, residual, residual_in_fp32), eps)
-    y, h, _, _ = ops.norm_fwd(
+    shape = check_inputs(x, normalized_shape, weight, None, residual=residual)
+    y, h, _, _ = autograd.norm_fwd(
         x,
         residual,
         weight,
         None,
-        len(shape),
-        eps,
-        float(weight_offset),
-        True,
-        residual_in_fp32,
-        resolve_backend(backend, x, residual),
+        n_norm_dims=len(shape),
+        eps=rms_eps(h_dtype(x.dtype, residual.dtype, residual_in_fp32), eps),
+        weight_offset=float(weight_offset),
+        is_rms=True,
+        residual_in_fp32=residual_in_fp32,
+        casting=check_casting(casting),
+        backend=resolve_backend(backend, x, residual),
     )
     return y, h

@@ -12,17 +12,33 @@ import torch
 from torch import nn
 
 from . import functional as F
+from .dispatch import check_backend
+from .dtypes import Casting, check_casting
 
 __all__ = ["LayerNorm", "RMSNorm", "replace_norms"]
 
 
 class _OurOptions:
-    """What our modules add to torch's: ``weight_offset`` (with zero-initialised weight when it
-    is non-zero) and ``backend``, in ``reset_parameters`` and ``extra_repr``."""
+    """What our modules add to torch's: keyword-only ``weight_offset`` (with a zero-initialised
+    weight when it is non-zero), ``casting`` and ``backend`` (validated when the module is
+    built), in ``reset_parameters`` and ``extra_repr``. The class attributes are the defaults,
+    so a torch module re-classed in place (:func:`replace_norms`) behaves as built with them.
+
+    The repr names the class ``layernorm_gpu.LayerNorm`` / ``layernorm_gpu.RMSNorm``, so a
+    printed model shows which norms are ours. TorchScript is not supported (the forward runs
+    Python dispatch and custom ops): ``torch.jit.script`` raises, naming ``torch.compile`` and
+    ``torch.export``, which are.
+    """
 
     weight: nn.Parameter | None
-    weight_offset: float
-    backend: str | None
+    weight_offset: float = 0.0
+    casting: str = "torch"
+    backend: str | None = None
+
+    def _set_options(self, weight_offset: float, casting: str, backend: str | None) -> None:
+        self.weight_offset = float(weight_offset)
+        self.casting = check_casting(casting)
+        self.backend = check_backend(backend)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()  # type: ignore[misc]
@@ -33,17 +49,30 @@ class _OurOptions:
         text = super().extra_repr()  # type: ignore[misc]
         if self.weight_offset != 0.0:
             text += f", weight_offset={self.weight_offset}"
+        if self.casting != "torch":
+            text += f", casting={self.casting!r}"
         if self.backend is not None:
             text += f", backend={self.backend!r}"
         return text
+
+    def _get_name(self) -> str:
+        return f"layernorm_gpu.{type(self).__name__}"
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"torch.jit.script does not support layernorm_gpu.{type(self).__name__}: its "
+            "forward dispatches in Python to custom ops. Use torch.compile (or torch.export) "
+            "instead, which run it without graph breaks."
+        )
 
 
 class LayerNorm(_OurOptions, nn.LayerNorm):
     """``torch.nn.LayerNorm`` running :func:`layernorm_gpu.layer_norm`.
 
-    Extra keyword-only arguments: ``backend`` (see :mod:`layernorm_gpu.dispatch`) and
-    ``weight_offset`` (scale by ``weight + weight_offset``; with a non-zero offset the weight
-    is initialised to zeros so the effective scale starts at 1, as in Gemma).
+    Extra keyword-only arguments: ``weight_offset`` (scale by ``weight + weight_offset``; with a
+    non-zero offset the weight is initialised to zeros so the effective scale starts at 1, as in
+    Gemma), ``casting`` (rounding points, see :mod:`layernorm_gpu.functional`) and ``backend``
+    (see :mod:`layernorm_gpu.dispatch`).
     """
 
     def __init__(
@@ -56,10 +85,10 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
         dtype: torch.dtype | None = None,
         *,
         weight_offset: float = 0.0,
+        casting: Casting = "torch",
         backend: str | None = None,
     ) -> None:
-        self.weight_offset = weight_offset
-        self.backend = backend
+        self._set_options(weight_offset, casting, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +99,14 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
             self.bias,
             self.eps,
             weight_offset=self.weight_offset,
+            casting=self.casting,
             backend=self.backend,
         )
 
 
 class RMSNorm(_OurOptions, nn.RMSNorm):
     """``torch.nn.RMSNorm`` running :func:`layernorm_gpu.rms_norm`; extra keyword-only
-    ``weight_offset`` and ``backend`` as in :class:`LayerNorm`."""
+    ``weight_offset``, ``casting`` and ``backend`` as in :class:`LayerNorm`."""
 
     def __init__(
         self,
@@ -87,10 +117,10 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
         dtype: torch.dtype | None = None,
         *,
         weight_offset: float = 0.0,
+        casting: Casting = "torch",
         backend: str | None = None,
     ) -> None:
-        self.weight_offset = weight_offset
-        self.backend = backend
+        self._set_options(weight_offset, casting, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +130,7 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
             self.weight,
             self.eps,
             weight_offset=self.weight_offset,
+            casting=self.casting,
             backend=self.backend,
         )
 

@@ -1,22 +1,33 @@
-"""Exact reference of LayerNorm and RMSNorm: the test oracle and the CPU fallback.
+"""Exact reference of LayerNorm and RMSNorm: the test oracle, the CPU fallback and the backend
+behind every path the kernels do not take (float64, double backward, forward-mode AD).
 
-Plain vectorised torch ops written from the closed-form formulas, no autograd inside (but every
-op is differentiable, which is how double backward works). ``x`` is 2-D ``(rows, N)`` (more
-leading dims are accepted and are rows too); statistics are per row. Arithmetic is float32
-for 16-bit and float32 inputs, float64 for float64 inputs ("the accumulation dtype").
+This module states the math; the kernels cite it. Statistics are per row of ``N`` elements
+(the normalised dims); arithmetic is in the accumulation dtype (:func:`~.dtypes.acc_dtype`:
+float64 for float64 inputs, else float32) whatever the I/O dtype.
 
 Forward::
 
-    mean = pivot + mean(x - pivot)     pivot = x[:, 0]: a constant row centres to exactly 0
-    var  = mean((x - mean)^2)          two passes, never E[x^2] - E[x]^2
-    rstd = 1 / sqrt(var + eps)         RMSNorm: var = mean(x^2), no mean
-    y    = (x - mean) * rstd * w + b
+    h     = x + residual                 (fused add only; rounded to h's dtype)
+    mean  = pivot + mean(h - pivot)      pivot = h[:, 0]: a constant row centres to exactly 0
+    var   = mean((h - mean)^2)           two passes, never E[h^2] - E[h]^2
+    rstd  = 1 / sqrt(var + eps)          RMSNorm: var = mean(h^2), no mean
+    x_hat = (h - mean) * rstd            optionally rounded to x_hat_dtype (the casting rule)
+    y     = x_hat * (w + weight_offset) + b
 
-Backward, with ``x_hat = (x - mean) * rstd`` and ``g = dy * w``::
+Backward, with ``g = dy * (w + weight_offset)``::
 
     dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))   (RMSNorm: no mean(g) term)
+         (+ dh, the gradient on the fused output h, before dx's one rounding)
     dw = sum over rows of dy * x_hat
     db = sum over rows of dy
+
+The 2-D functions (:func:`forward`, :func:`backward`, :func:`rms_forward`,
+:func:`rms_backward`) take ``(rows, N)`` tensors; :func:`norm_fwd` and :func:`norm_bwd` have the
+kernel launchers' signature (N-D tensors, fused add, casting) and are the reference backend.
+Every op is differentiable (the double-backward and forward-AD paths run these under autograd);
+outside autograd they update their own temporaries in place, since on CPU each new full-size
+tensor costs page faults worth several elementwise passes. Weights may broadcast against the
+rows (``(*batch, N)``), which is how a vmapped weight is normalised.
 """
 
 from __future__ import annotations
@@ -25,80 +36,116 @@ import math
 
 import torch
 
-__all__ = ["backward", "forward", "rms_backward", "rms_forward"]
+from .dtypes import acc_dtype
+
+__all__ = [
+    "backward",
+    "forward",
+    "norm_bwd",
+    "norm_bwd_differentiable",
+    "norm_fwd",
+    "norm_jvp",
+    "rms_backward",
+    "rms_forward",
+]
+
+# Sums of squares are taken over chunks of this many elements, then the chunk sums are added by
+# torch's (pairwise) sum: vector_norm alone accumulates a whole row sequentially (2e-5 relative
+# error at 2**20 elements), the chunked sum stays at float32 rounding (6e-9) at its speed.
+_SQUARE_SUM_CHUNK = 256
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _sum_of_squares(c: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``c * c`` (over the last dim)."""
+    if torch.is_grad_enabled():
+        # vector_norm's gradient at a zero row is NaN: square explicitly (differentiable path)
+        return (c * c).sum(dim=-1)
+    n = c.shape[-1]
+    whole = n - n % _SQUARE_SUM_CHUNK
+    total = c.new_zeros(c.shape[:-1])
+    if whole:
+        chunks = c[..., :whole].unflatten(-1, (whole // _SQUARE_SUM_CHUNK, _SQUARE_SUM_CHUNK))
+        total += torch.linalg.vector_norm(chunks, dim=-1).square().sum(dim=-1)
+    if whole < n:
+        total += torch.linalg.vector_norm(c[..., whole:], dim=-1).square()
+    return total
 
 
-def _sum_of_squares(c: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """Row sums of ``c * c``. vector_norm reads c without a temporary, but its gradient at a
-    zero row is NaN, so the differentiable path squares explicitly."""
-    if in_place:
-        return torch.linalg.vector_norm(c, dim=-1).square()
-    return (c * c).sum(dim=-1)
-
-
-def _forward(x, weight, bias, eps, is_rms, weight_offset):
-    acc = _acc_dtype(x.dtype)
-    # On CPU every new full-size tensor costs page faults worth several elementwise passes, so
-    # outside autograd this function updates its own temporaries in place (never an input);
-    # with grad enabled (the double-backward path) it stays out of place for autograd.
+def _forward(x, weight, bias, eps, is_rms, weight_offset, x_hat_dtype=None):
+    """``(y, mean, rstd)`` of rows ``x (..., N)`` in the accumulation dtype (mean None for
+    RMSNorm); weight and bias broadcast into x's shape."""
+    acc = acc_dtype(x.dtype)
     in_place = not torch.is_grad_enabled()
     xf = x.to(acc)
     n = x.shape[-1]
+    mean = None
     if is_rms:
-        mean = xf.new_zeros(x.shape[:-1])
-        rstd = torch.rsqrt(_sum_of_squares(xf, in_place) / n + eps)
+        rstd = torch.rsqrt(_sum_of_squares(xf) / n + eps)
         y = xf * rstd[..., None]
     else:
         pivot = xf[..., :1] if n > 0 else xf.new_zeros((*x.shape[:-1], 1))
         centred = xf - pivot
-        mean_shifted = centred.mean(dim=-1, keepdim=True)
-        centred = centred.sub_(mean_shifted) if in_place else centred - mean_shifted
-        mean = (pivot + mean_shifted).squeeze(-1)
-        rstd = torch.rsqrt(_sum_of_squares(centred, in_place) / n + eps)
+        mean = pivot + centred.mean(dim=-1, keepdim=True)
+        # x - mean in one rounding (not (x - pivot) - mean_shifted, which rounds twice)
+        centred = torch.sub(xf, mean, out=centred) if in_place else xf - mean
+        mean = mean.squeeze(-1)
+        rstd = torch.rsqrt(_sum_of_squares(centred) / n + eps)
         y = centred.mul_(rstd[..., None]) if in_place else centred * rstd[..., None]
+    if x_hat_dtype is not None:
+        y = y.to(x_hat_dtype).to(acc)
     if weight is not None:
         scale = weight.to(acc) + weight_offset
         y = y.mul_(scale) if in_place else y * scale
     if bias is not None:
         y = y.add_(bias.to(acc)) if in_place else y + bias.to(acc)
-    return y.to(x.dtype), mean, rstd
+    return y, mean, rstd
 
 
-def _backward(dy, x, weight, mean, rstd, has_bias, is_rms, weight_offset):
-    acc = _acc_dtype(x.dtype)
+def _column_sum(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum over all rows of ``t (..., N)``: ``(N,)``."""
+    return t.reshape(math.prod(t.shape[:-1]), n).sum(dim=0)
+
+
+def _backward(dy, x, weight, mean, rstd, is_rms, weight_offset, need_dweight, need_dbias):
+    """``(dx, dweight, dbias)`` of rows ``x (..., N)``, all in the accumulation dtype; dweight
+    and dbias only when asked for."""
+    acc = acc_dtype(x.dtype)
     xf, dyf = x.to(acc), dy.to(acc)
-    mean, rstd = mean.to(acc)[..., None], rstd.to(acc)[..., None]
+    rstd = rstd.to(acc)[..., None]
+    mean = None if is_rms else mean.to(acc)[..., None]
     scale = None if weight is None else weight.to(acc) + weight_offset
-    rows, n = math.prod(x.shape[:-1]), x.shape[-1]
+    n = x.shape[-1]
+    dweight = dbias = None
     if torch.is_grad_enabled():
         # the formulas as written, differentiable (the double-backward path)
-        x_hat = (xf - mean) * rstd
+        x_hat = (xf if is_rms else xf - mean) * rstd
         g = dyf if scale is None else dyf * scale
         dx = g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)
         if not is_rms:
             dx = dx - g.mean(dim=-1, keepdim=True)
         dx = dx * rstd
-        dweight = None if weight is None else (dyf * x_hat).reshape(rows, n).sum(dim=0)
+        if need_dweight:
+            dweight = _column_sum(dyf * x_hat, n)
     else:
-        # the same formulas through one new buffer (see _forward on the cost of allocations)
-        buf = (xf - mean).mul_(rstd)  # x_hat
-        dweight = None
+        # the same formulas through one new buffer (see the module docstring on allocations)
+        buf = torch.empty(x.shape, dtype=acc, device=x.device)
+
+        def x_hat_into(out):
+            return (
+                torch.mul(xf, rstd, out=out) if is_rms else torch.sub(xf, mean, out=out).mul_(rstd)
+            )
+
+        x_hat_into(buf).mul_(dyf)  # dy * x_hat
+        if need_dweight:
+            dweight = _column_sum(buf, n)
         if scale is not None:
-            buf.mul_(dyf)  # dy * x_hat
-            dweight = buf.reshape(rows, n).sum(dim=0)
             buf.mul_(scale)  # g * x_hat
-        else:
-            buf.mul_(dyf)  # g * x_hat, g = dy
         c1 = buf.mean(dim=-1, keepdim=True)
         c2 = None
         if not is_rms:
             g = dyf if scale is None else torch.mul(dyf, scale, out=buf)
             c2 = g.mean(dim=-1, keepdim=True)
-        dx = torch.sub(xf, mean, out=buf).mul_(rstd).mul_(-c1)  # -x_hat * c1
+        dx = x_hat_into(buf).mul_(-c1)  # -x_hat * c1
         if scale is None:
             dx.add_(dyf)  # + g
         else:
@@ -106,8 +153,9 @@ def _backward(dy, x, weight, mean, rstd, has_bias, is_rms, weight_offset):
         if c2 is not None:
             dx.sub_(c2)
         dx.mul_(rstd)
-    dbias = dyf.reshape(rows, n).sum(dim=0) if has_bias else None
-    return dx.to(x.dtype), dweight, dbias
+    if need_dbias:
+        dbias = _column_sum(dyf, n)
+    return dx, dweight, dbias
 
 
 def forward(
@@ -128,7 +176,8 @@ def forward(
         ``(y, mean, rstd)``: y ``(rows, N)`` in x's dtype; mean and rstd ``(rows,)`` in the
         accumulation dtype.
     """
-    return _forward(x, weight, bias, eps, False, weight_offset)
+    y, mean, rstd = _forward(x, weight, bias, eps, False, weight_offset)
+    return y.to(x.dtype), mean, rstd
 
 
 def backward(
@@ -147,7 +196,10 @@ def backward(
         ``(dx, dweight, dbias)``: dx ``(rows, N)`` in x's dtype; dweight (None without weight)
         and dbias (None unless ``has_bias``) ``(N,)`` in the accumulation dtype.
     """
-    return _backward(dy, x, weight, mean, rstd, has_bias, False, weight_offset)
+    dx, dweight, dbias = _backward(
+        dy, x, weight, mean, rstd, False, weight_offset, weight is not None, has_bias
+    )
+    return dx.to(x.dtype), dweight, dbias
 
 
 def rms_forward(
@@ -155,7 +207,7 @@ def rms_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm forward of 2-D ``x``: ``(y, rstd)``, conventions as :func:`forward`."""
     y, _, rstd = _forward(x, weight, None, eps, True, weight_offset)
-    return y, rstd
+    return y.to(x.dtype), rstd
 
 
 def rms_backward(
@@ -167,6 +219,209 @@ def rms_backward(
     weight_offset: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm backward of 2-D ``x``: ``(dx, dweight)``, conventions as :func:`backward`."""
-    mean = torch.zeros_like(rstd)
-    dx, dweight, _ = _backward(dy, x, weight, mean, rstd, False, True, weight_offset)
-    return dx, dweight
+    dx, dweight, _ = _backward(
+        dy, x, weight, None, rstd, True, weight_offset, weight is not None, False
+    )
+    return dx.to(x.dtype), dweight
+
+
+def _rows(t: torch.Tensor | None, n_norm_dims: int) -> torch.Tensor | None:
+    """``t`` with its trailing ``n_norm_dims`` dims merged into one (a view when it can)."""
+    if t is None or n_norm_dims == 1:
+        return t
+    return t.flatten(t.dim() - n_norm_dims)
+
+
+def norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    n_norm_dims: int,
+    eps: float,
+    is_rms: bool,
+    weight_offset: float,
+    h_dtype: torch.dtype | None,
+    y_dtype: torch.dtype,
+    x_hat_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The forward over the rows of ``x`` (its last ``n_norm_dims`` dims are one row), with the
+    kernel launcher's signature.
+
+    Args:
+        x: ``(*lead, *norm)``. residual: x's shape or None (then h is not formed).
+        weight, bias: ``norm`` shape, or broadcastable ``(*batch, *norm)``, or None.
+        h_dtype: dtype of ``h = x + residual``. y_dtype: y's dtype. x_hat_dtype: rounding point
+            of x_hat before the weight (None: none).
+
+    Returns:
+        ``(y, h, mean, rstd)``: y ``x.shape`` in y_dtype and h in h_dtype (None without
+        residual), both new contiguous tensors; mean and rstd ``(n_rows,)`` in the accumulation
+        dtype of the norm input (mean an empty ``(0,)`` tensor for RMSNorm).
+    """
+    h = None
+    norm_input = x
+    if residual is not None:
+        h = x.to(h_dtype) + residual.to(h_dtype)
+        h = _as_output(h, x.shape, h_dtype)
+        norm_input = h
+    y, mean, rstd = _forward(
+        _rows(norm_input, n_norm_dims),
+        _rows(weight, n_norm_dims),
+        _rows(bias, n_norm_dims),
+        eps,
+        is_rms,
+        weight_offset,
+        x_hat_dtype,
+    )
+    if mean is None:
+        mean = rstd.new_empty(0)
+    return _as_output(y, x.shape, y_dtype), h, mean.reshape(-1), rstd.reshape(-1)
+
+
+def norm_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dh: torch.Tensor | None,
+    *,
+    n_norm_dims: int,
+    is_rms: bool,
+    weight_offset: float,
+    dweight_dtype: torch.dtype | None,
+    dbias_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The backward over the rows of ``x`` (the norm's input: h when fused), with the kernel
+    launcher's signature.
+
+    Args:
+        dy: gradient of y, ``x.shape``. mean, rstd: the forward's (any shape with ``n_rows``
+            elements; mean unused for RMSNorm). dh: gradient on the fused output h, or None.
+        dweight_dtype / dbias_dtype: dtype of dW / dB, or None to skip that gradient.
+
+    Returns:
+        ``(dx, dweight, dbias)``: dx ``x.shape`` in x's dtype (``+ dh`` before its one
+        rounding), a new contiguous tensor; dW / dB in the ``norm`` shape, or None.
+    """
+    lead = x.shape[: x.dim() - n_norm_dims]
+    norm_shape = x.shape[x.dim() - n_norm_dims :]
+    dx, dweight, dbias = _backward(
+        _rows(dy, n_norm_dims),
+        _rows(x, n_norm_dims),
+        _rows(weight, n_norm_dims),
+        None if is_rms else mean.reshape(lead),
+        rstd.reshape(lead),
+        is_rms,
+        weight_offset,
+        dweight_dtype is not None,
+        dbias_dtype is not None,
+    )
+    if dh is not None:
+        dx = dx + _rows(dh, n_norm_dims)
+    return (
+        _as_output(dx, x.shape, x.dtype),
+        None if dweight is None else dweight.reshape(norm_shape).to(dweight_dtype),
+        None if dbias is None else dbias.reshape(norm_shape).to(dbias_dtype),
+    )
+
+
+def _as_output(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` (a temporary of this module) as a new contiguous ``shape`` tensor of ``dtype``, in
+    at most one pass, never a view (a custom op's output that is a view cannot be modified in
+    place under autograd, which torch's own norms allow)."""
+    if t.dtype == dtype and t.shape == shape and t.is_contiguous() and t._base is None:
+        return t
+    return torch.empty(shape, dtype=dtype, device=t.device).copy_(t.reshape(shape))
+
+
+def norm_bwd_differentiable(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    dh: torch.Tensor | None,
+    *,
+    n_norm_dims: int,
+    eps: float,
+    is_rms: bool,
+    weight_offset: float,
+    need_dweight: bool,
+    need_dbias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`norm_bwd` as differentiable torch ops of dy, x and the weight, with the statistics
+    recomputed from x inside the graph (so their own dependence on x is differentiated too): the
+    path for double backward and for torch.func transforms over the backward.
+
+    Returns ``(dx, dweight, dbias)`` in the accumulation dtype (dx ``x.shape``, dW / dB the
+    ``norm`` shape, or None when not asked for); the caller rounds them.
+    """
+    with torch.enable_grad():
+        rows = _rows(x, n_norm_dims)
+        _, mean, rstd = _forward(rows, None, None, eps, is_rms, 0.0)
+        dx, dweight, dbias = _backward(
+            _rows(dy, n_norm_dims),
+            rows,
+            _rows(weight, n_norm_dims),
+            mean,
+            rstd,
+            is_rms,
+            weight_offset,
+            need_dweight,
+            need_dbias,
+        )
+    norm_shape = x.shape[x.dim() - n_norm_dims :]
+    if dh is not None:
+        dx = dx + _rows(dh, n_norm_dims)
+    return (
+        dx.reshape(x.shape),
+        None if dweight is None else dweight.reshape(norm_shape),
+        None if dbias is None else dbias.reshape(norm_shape),
+    )
+
+
+def norm_jvp(
+    h_tangent: torch.Tensor | None,
+    weight_tangent: torch.Tensor | None,
+    bias_tangent: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    *,
+    n_norm_dims: int,
+    is_rms: bool,
+    weight_offset: float,
+) -> torch.Tensor:
+    """Forward-mode derivative of y, in the accumulation dtype, ``x.shape``.
+
+    ``x`` is the norm's input (h when fused) and ``h_tangent`` its tangent. The Jacobian of
+    ``x -> x_hat`` is symmetric, so the tangent of x_hat is the backward's dx formula (without
+    weight) applied to the input tangent::
+
+        x_hat' = rstd * (h' - mean(h') - x_hat * mean(h' * x_hat))   (RMSNorm: no mean(h'))
+        y'     = x_hat' * (w + weight_offset) + x_hat * w' + b'
+
+    Rounding points (the casting rule) have derivative one.
+    """
+    acc = acc_dtype(x.dtype)
+    lead = x.shape[: x.dim() - n_norm_dims]
+    rows = _rows(x, n_norm_dims).to(acc)
+    rstd = rstd.reshape(lead).to(acc)[..., None]
+    x_hat = (rows if is_rms else rows - mean.reshape(lead).to(acc)[..., None]) * rstd
+    y_tangent = torch.zeros_like(x_hat)
+    if h_tangent is not None:
+        t = _rows(h_tangent, n_norm_dims).to(acc)
+        x_hat_tangent = t - x_hat * (t * x_hat).mean(dim=-1, keepdim=True)
+        if not is_rms:
+            x_hat_tangent = x_hat_tangent - t.mean(dim=-1, keepdim=True)
+        x_hat_tangent = x_hat_tangent * rstd
+        if weight is not None:
+            x_hat_tangent = x_hat_tangent * (_rows(weight, n_norm_dims).to(acc) + weight_offset)
+        y_tangent = y_tangent + x_hat_tangent
+    if weight_tangent is not None:
+        y_tangent = y_tangent + x_hat * _rows(weight_tangent, n_norm_dims).to(acc)
+    if bias_tangent is not None:
+        y_tangent = y_tangent + _rows(bias_tangent, n_norm_dims).to(acc)
+    return y_tangent.reshape(x.shape)

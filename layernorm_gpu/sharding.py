@@ -21,9 +21,10 @@ replicated. Arguments are bound by their schema names, so the rules keep working
 gain arguments.
 
 The rules are registered lazily: importing ``torch.distributed.tensor`` costs seconds, so
-``import layernorm_gpu`` does not; the functional API calls :func:`register_if_dtensor` on its
-input, which registers them the first time a DTensor arrives (also while ``torch.compile``
-traces). Code that calls the ops directly on DTensors calls :func:`register` once first.
+``import layernorm_gpu`` does not. ``autograd.norm_fwd``, which every functional call goes
+through, calls :func:`register_if_dtensor` on its input: the rules register the first time a
+DTensor arrives (also while ``torch.compile`` traces). Code that calls the ops directly on
+DTensors calls :func:`register` once first.
 """
 
 from __future__ import annotations

@@ -492,3 +492,55 @@ def test_auto_sends_float64_to_the_reference():
     dispatch.calls.clear()
     lg.layer_norm(make_input((3, 8), torch.float64, KERNEL_DEVICE), 8, backend="auto")
     assert dispatch.calls == {"reference": 1}
+
+
+@pytest.mark.parametrize("value", ["", "  ", "Triton", "triton ", " REFERENCE\n"])
+def test_env_var_is_case_and_space_insensitive_and_empty_means_auto(monkeypatch, value):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(dispatch.ENV_VAR, value)
+    x = make_input((3, 8), torch.float32, "cpu")
+    dispatch.calls.clear()
+    lg.layer_norm(x, 8)
+    expected = value.strip().lower() or "reference"  # auto on a CPU tensor: the reference
+    assert dispatch.calls == {expected: 1}
+
+
+def test_numpy_integer_normalized_shape_is_accepted_like_torch():
+    np = pytest.importorskip("numpy")
+    x = make_input((3, 2, 4), torch.float32, "cpu")
+    for shape in (np.int64(4), [np.int32(2), np.int64(4)], torch.Size([4]), (2, 4)):
+        n = len(shape) if hasattr(shape, "__len__") else 1
+        expected = F.layer_norm(x.double(), x.shape[x.dim() - n :])
+        assert_close(lg.layer_norm(x, shape), expected)
+        assert_close(
+            lg.rms_norm(x, shape, eps=1e-6), F.rms_norm(x.double(), x.shape[-n:], eps=1e-6)
+        )
+    ours, theirs = lg.LayerNorm(np.int64(4)), torch.nn.LayerNorm(np.int64(4)).double()
+    assert_close(ours(x), theirs(x.double()).detach())
+    with pytest.raises(TypeError, match="normalized_shape"):
+        lg.layer_norm(x, 4.0)
+
+
+def test_mixed_dtype_is_checked_inside_the_op_after_autocast():
+    """The dtype rule runs in the op (after the dispatcher's autocast has cast the inputs, as
+    torch's kernels check), not in the Python wrapper: the error comes from ``norm_fwd``."""
+    x, w = make_input((3, 8), torch.float32, "cpu"), make_input(8, torch.bfloat16, "cpu")
+    with pytest.raises(RuntimeError, match="mixed dtype") as info:
+        lg.layer_norm(x, 8, w)
+    assert any(entry.name == "norm_fwd" for entry in info.traceback)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_cuda_autocast_casts_before_checking(backend):
+    """float32 x with a bfloat16 weight: torch's layer_norm under CUDA autocast casts both to
+    float32 and runs; so do we."""
+    x = make_input((3, 8), torch.float32, "cuda", requires_grad=True)
+    w = make_input(8, torch.bfloat16, "cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = lg.layer_norm(x, 8, w, backend=backend)
+        y_torch = F.layer_norm(x, (8,), w)
+    assert y.dtype == y_torch.dtype == torch.float32
+    assert_close(y, y_torch.double())
+    y.sum().backward()
+    assert w.grad.dtype == torch.bfloat16

@@ -119,7 +119,7 @@ def _norms(model: nn.Module) -> list[nn.Module]:
 @pytest.mark.parametrize(("kind", "kwargs"), CONSTRUCTOR_CASES)
 def test_constructor_matches_torch(kind: str, kwargs: dict[str, Any]) -> None:
     """Attributes, parameters (names, shapes, dtypes, initial values), state_dict keys and
-    repr are torch's."""
+    repr are torch's (the repr naming the class layernorm_gpu.X)."""
     torch_cls, our_cls = CLASSES[kind]
     theirs, ours = torch_cls(**kwargs), our_cls(**kwargs)
     assert isinstance(ours, torch_cls)
@@ -137,17 +137,19 @@ def test_constructor_matches_torch(kind: str, kwargs: dict[str, Any]) -> None:
         assert (ours.bias is None) == (theirs.bias is None)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert ours.extra_repr() == theirs.extra_repr()
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "layernorm_gpu." + repr(theirs)
 
 
 def test_positional_arguments_match_torch() -> None:
     """torch's positional order, device and dtype included; our options are keyword-only."""
     ours = LayerNorm([4, 8], 1e-3, True, False, "cpu", torch.float64)
     theirs = nn.LayerNorm([4, 8], 1e-3, True, False, "cpu", torch.float64)
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "layernorm_gpu." + repr(theirs)
     assert ours.bias is None and ours.weight.dtype == torch.float64
     ours_rms = RMSNorm(16, 1e-6, False, "cpu", torch.float16)
-    assert repr(ours_rms) == repr(nn.RMSNorm(16, 1e-6, False, "cpu", torch.float16))
+    assert repr(ours_rms) == "layernorm_gpu." + repr(
+        nn.RMSNorm(16, 1e-6, False, "cpu", torch.float16)
+    )
     with pytest.raises(TypeError):
         LayerNorm(16, 1e-5, True, True, None, None, 1.0)
     with pytest.raises(TypeError):
@@ -561,3 +563,26 @@ def test_replace_norms_leaves_our_modules_alone() -> None:
     assert replace_norms(model, backend="reference") is model
     assert model[3] is swapped and swapped.backend == "triton"
     assert replace_norms(ours, backend="triton") is ours
+
+
+def test_options_are_validated_when_the_module_is_built():
+    with pytest.raises(ValueError, match="backend"):
+        LayerNorm(16, backend="nope")
+    with pytest.raises(ValueError, match="casting"):
+        RMSNorm(16, casting="gemma2")
+
+
+def test_repr_shows_ours():
+    model = nn.Sequential(LayerNorm(8), RMSNorm(8, casting="llama", backend="reference"))
+    text = repr(model)
+    assert "layernorm_gpu.LayerNorm((8,), eps=1e-05" in text
+    assert (
+        "layernorm_gpu.RMSNorm((8,), eps=None, elementwise_affine=True, casting='llama', "
+        "backend='reference')" in text
+    )
+
+
+def test_torchscript_names_the_supported_paths():
+    with pytest.raises(RuntimeError, match="torch.compile") as info:
+        torch.jit.script(LayerNorm(8))
+    assert "torch.export" in str(info.value)

@@ -133,3 +133,23 @@ def test_backward_passes_gradcheck_float64(is_rms):
     w = make_input(7, torch.float64, "cpu", requires_grad=True)
     b = None if is_rms else make_input(7, torch.float64, "cpu", requires_grad=True)
     assert torch.autograd.gradcheck(_ReferenceLayerNorm.apply, (x, w, b, is_rms))
+
+
+@pytest.mark.parametrize("is_rms", [False, True], ids=["layer", "rms"])
+def test_wide_rows_at_least_as_accurate_as_torch(is_rms):
+    """One row of 2**20 float32 elements (normalized_shape (256, 256, 16), x ~ N(1.5, 2)): the
+    reference's y is no further from float64 than torch's own CPU kernel's."""
+    shape = (256, 256, 16)
+    x = (1.5 + 2 * torch.randn(1, *shape, dtype=torch.float64)).float()
+    eps = 1e-6 if is_rms else 1e-5
+    ours, _, _, _ = reference.norm_fwd(
+        x, None, None, None, n_norm_dims=3, eps=eps, is_rms=is_rms, weight_offset=0.0,
+        h_dtype=None, y_dtype=x.dtype, x_hat_dtype=None,
+    )  # fmt: skip
+    if is_rms:
+        theirs, exact = F.rms_norm(x, shape, eps=eps), F.rms_norm(x.double(), shape, eps=eps)
+    else:
+        theirs, exact = F.layer_norm(x, shape), F.layer_norm(x.double(), shape)
+    err_ours = (ours.double() - exact).abs().max().item()
+    err_torch = (theirs.double() - exact).abs().max().item()
+    assert err_ours <= err_torch, (err_ours, err_torch)

@@ -1,0 +1,187 @@
+"""Derivatives of ``layernorm_gpu::norm_fwd``: the backward (reverse mode), the forward-mode
+rule, and how a call reaches them.
+
+* Reverse mode is registered on the op (``torch.library.register_autograd``), which is what
+  ``torch.compile`` traces. Autograd saves the norm's input (x, or h when fused), the weight,
+  mean and rstd (not y) and asks ``norm_bwd`` only for the gradients that are needed: nothing
+  at all when y does not reach the loss (only the fused h does), so unused parameters keep a
+  ``None`` gradient, as with torch's unfused code.
+* Eager calls go through :class:`NormFunction`, an ``autograd.Function`` with the same
+  ``setup_context`` and ``backward`` plus a ``jvp`` (forward-mode AD), which is what
+  ``torch.func`` transforms (``grad``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``, ``vmap``)
+  and ``torch.autograd.forward_ad`` need; its vmap rule is the op's own (``ops.py``), so a
+  vmapped dim is just more rows. ``torch.compile`` does not trace a custom ``jvp`` (a graph
+  break), so compiled code calls the op directly.
+* When the backward itself is differentiated (``create_graph=True``, or inside a ``torch.func``
+  transform), it runs :func:`.reference.norm_bwd_differentiable`, differentiable torch ops, so
+  double backward and Hessians are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import forward_ad
+
+from . import ops, reference, sharding
+from .dtypes import output_dtypes
+
+# The op's arguments after the tensors, in schema order (autograd.Function takes positions).
+OPTION_NAMES = (
+    "n_norm_dims",
+    "eps",
+    "weight_offset",
+    "is_rms",
+    "residual_in_fp32",
+    "casting",
+    "backend",
+)
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, *options = inputs
+    _, h, mean, rstd = output
+    ctx.options = dict(zip(OPTION_NAMES, options, strict=True))
+    ctx.fused = residual is not None
+    if ctx.fused and not _h_is_differentiable(ctx):
+        # h = x + residual does not depend on the parameters: as in torch's unfused code, it
+        # carries no gradient when neither x nor residual needs one
+        ctx.mark_non_differentiable(h, mean, rstd)
+    else:
+        ctx.mark_non_differentiable(mean, rstd)
+    # an unused y or h gets a None gradient, not a zero-filled one
+    ctx.set_materialize_grads(False)
+    saved = (h if ctx.fused else x, weight, mean, rstd)
+    ctx.save_for_backward(*saved)
+    ctx.save_for_forward(*saved)
+    ctx.dtypes = (
+        x.dtype,
+        None if residual is None else residual.dtype,
+        None if bias is None else bias.dtype,
+    )
+
+
+def _h_is_differentiable(ctx) -> bool:
+    """Whether h may carry a derivative: x or residual needs a gradient, or forward-mode AD
+    (a dual level, or any torch.func transform) is in play."""
+    # (setup_context sees the primals without their tangents: ask whether a dual level is open)
+    return any(ctx.needs_input_grad[:2]) or _functorch_active() or forward_ad._current_level >= 0
+
+
+def _functorch_active() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _differentiating_backward() -> bool:
+    """Whether this backward is itself being differentiated (``create_graph=True`` or a
+    ``torch.func`` transform around it)."""
+    return torch.is_grad_enabled() or _functorch_active()
+
+
+def _backward(ctx, dy, dh, _dmean, _drstd):
+    norm_input, weight, mean, rstd = ctx.saved_tensors
+    opts = ctx.options
+    x_dtype, residual_dtype, bias_dtype = ctx.dtypes
+    need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
+    dh = dh if ctx.fused else None
+    dweight = dbias = None
+    if dy is None:
+        # y does not reach the loss: only h's gradient flows back, to x and residual
+        dnorm = dh
+    elif _differentiating_backward():
+        dnorm, dweight, dbias = reference.norm_bwd_differentiable(
+            dy,
+            norm_input,
+            weight,
+            dh,
+            n_norm_dims=opts["n_norm_dims"],
+            eps=opts["eps"],
+            is_rms=opts["is_rms"],
+            weight_offset=opts["weight_offset"],
+            need_dweight=need_weight,
+            need_dbias=need_bias,
+        )
+    else:
+        dnorm, dweight, dbias = ops.norm_bwd(
+            dy,
+            norm_input,
+            weight,
+            mean,
+            rstd,
+            dh,
+            n_norm_dims=opts["n_norm_dims"],
+            weight_offset=opts["weight_offset"],
+            is_rms=opts["is_rms"],
+            dweight_dtype=weight.dtype if need_weight else None,
+            dbias_dtype=bias_dtype if need_bias else None,
+            backend=opts["backend"],
+        )
+    return (
+        dnorm.to(x_dtype) if need_x and dnorm is not None else None,
+        dnorm.to(residual_dtype) if need_residual and dnorm is not None else None,
+        dweight.to(weight.dtype) if need_weight and dweight is not None else None,
+        dbias.to(bias_dtype) if need_bias and dbias is not None else None,
+        *([None] * len(OPTION_NAMES)),
+    )
+
+
+def _jvp(ctx, x_t, residual_t, weight_t, bias_t, *_):
+    norm_input, weight, mean, rstd = ctx.saved_tensors
+    opts = ctx.options
+    h_t = x_t
+    if ctx.fused and residual_t is not None:
+        h_t = residual_t if x_t is None else x_t + residual_t
+    y_t = reference.norm_jvp(
+        h_t,
+        weight_t,
+        bias_t,
+        norm_input,
+        weight,
+        mean,
+        rstd,
+        n_norm_dims=opts["n_norm_dims"],
+        is_rms=opts["is_rms"],
+        weight_offset=opts["weight_offset"],
+    )
+    weight_dtype = None if weight is None else weight.dtype
+    y_dtype, _ = output_dtypes(ctx.dtypes[0], norm_input.dtype, weight_dtype, opts["casting"])
+    if not ctx.fused:
+        # h is an empty placeholder; forward AD still wants a tangent of its (empty) shape
+        h_tangent = norm_input.new_zeros(0)
+    elif h_t is None:
+        h_tangent = torch.zeros_like(norm_input)
+    else:
+        h_tangent = h_t.to(norm_input.dtype)
+    return y_t.to(y_dtype), h_tangent, None, None
+
+
+class NormFunction(torch.autograd.Function):
+    """``norm_fwd`` for eager calls, with the op's backward and the forward-mode rule (see the
+    module docstring); ``apply`` takes the op's arguments in schema order."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return ops.norm_fwd(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+    jvp = staticmethod(_jvp)
+
+
+def norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable ``norm_fwd``: the op under ``torch.compile``, :class:`NormFunction`
+    otherwise. ``options`` are the op's arguments named in :data:`OPTION_NAMES`."""
+    sharding.register_if_dtensor(x)
+    if torch.compiler.is_compiling():
+        return ops.norm_fwd(x, residual, weight, bias, **options)
+    return NormFunction.apply(x, residual, weight, bias, *(options[k] for k in OPTION_NAMES))
+
+
+torch.library.register_autograd("layernorm_gpu::norm_fwd", _backward, setup_context=_setup_context)

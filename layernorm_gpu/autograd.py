@@ -34,12 +34,21 @@ OPTION_NAMES = (
     "residual_in_fp32",
     "casting",
     "backend",
+    "memory_efficient",
 )
+
+# The memory-efficient backward recomputes x_hat = (y - b) / s, s = w + weight_offset, from the
+# rounded y: |error| <= u * (|x_hat| + |b| / |s|) for y's unit roundoff u. It is used only when
+# that stays within a few roundings of y itself: every |s_j| > RECOMPUTE_MIN_SCALE * max|s|
+# (no zero or vanishing scale, where y carries no information about x) and
+# |b_j| <= RECOMPUTE_MAX_SHIFT * |s_j| (no cancellation in y - b larger than that factor).
+RECOMPUTE_MIN_SCALE = 1e-6
+RECOMPUTE_MAX_SHIFT = 4.0
 
 
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, *options = inputs
-    _, h, mean, rstd = output
+    y, h, mean, rstd = output
     ctx.options = dict(zip(OPTION_NAMES, options, strict=True))
     ctx.fused = residual is not None
     if ctx.fused and not _h_is_differentiable(ctx):
@@ -50,9 +59,16 @@ def _setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(mean, rstd)
     # an unused y or h gets a None gradient, not a zero-filled one
     ctx.set_materialize_grads(False)
-    saved = (h if ctx.fused else x, weight, mean, rstd)
-    ctx.save_for_backward(*saved)
-    ctx.save_for_forward(*saved)
+    norm_input = h if ctx.fused else x
+    ctx.norm_dtype = norm_input.dtype
+    ctx.x_is_y = ctx.options["memory_efficient"] and _recomputable(ctx, weight, bias)
+    if ctx.x_is_y:
+        # y (which the next layer saves anyway) instead of the norm's input
+        ctx.save_for_backward(y, weight, bias, rstd)
+    else:
+        ctx.save_for_backward(norm_input, weight, mean, rstd)
+    if _forward_ad_active():
+        ctx.save_for_forward(norm_input, weight, mean, rstd)
     ctx.dtypes = (
         x.dtype,
         None if residual is None else residual.dtype,
@@ -60,11 +76,44 @@ def _setup_context(ctx, inputs, output):
     )
 
 
+def _recomputable(ctx, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    """Whether x_hat may be recomputed from y (see RECOMPUTE_MIN_SCALE): decided on the host,
+    once per version of the parameters (a sync then, none on later calls). Not under
+    torch.compile or CUDA-graph capture (no host sync there) nor forward-mode AD: those save
+    the norm's input."""
+    if torch.compiler.is_compiling() or _forward_ad_active():
+        return False
+    params = [t for t in (weight, bias) if t is not None]
+    if any(t.is_cuda for t in params) and torch.cuda.is_current_stream_capturing():
+        return False
+    if not params:
+        return True
+    offset = ctx.options["weight_offset"]
+    key = (offset, *((t.data_ptr(), t._version) for t in params))
+    holder = params[0]
+    cached = getattr(holder, "_layernorm_gpu_recomputable", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        scale = torch.ones(()) if weight is None else weight.float() + offset
+        scale = scale.abs()
+        ok = bool(torch.all(scale > RECOMPUTE_MIN_SCALE * scale.max()))
+        if ok and bias is not None:
+            ok = bool(torch.all(bias.float().abs() <= RECOMPUTE_MAX_SHIFT * scale))
+    holder._layernorm_gpu_recomputable = (key, ok)
+    return ok
+
+
+def _forward_ad_active() -> bool:
+    """Forward-mode AD in play: a dual level, or any torch.func transform."""
+    # (setup_context sees the primals without their tangents: ask whether a dual level is open)
+    return _functorch_active() or forward_ad._current_level >= 0
+
+
 def _h_is_differentiable(ctx) -> bool:
     """Whether h may carry a derivative: x or residual needs a gradient, or forward-mode AD
-    (a dual level, or any torch.func transform) is in play."""
-    # (setup_context sees the primals without their tangents: ask whether a dual level is open)
-    return any(ctx.needs_input_grad[:2]) or _functorch_active() or forward_ad._current_level >= 0
+    is in play."""
+    return any(ctx.needs_input_grad[:2]) or _forward_ad_active()
 
 
 def _functorch_active() -> bool:
@@ -78,19 +127,32 @@ def _differentiating_backward() -> bool:
 
 
 def _backward(ctx, dy, dh, _dmean, _drstd):
-    norm_input, weight, mean, rstd = ctx.saved_tensors
+    saved, weight, saved_stat, rstd = ctx.saved_tensors
     opts = ctx.options
     x_dtype, residual_dtype, bias_dtype = ctx.dtypes
     need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
     dh = dh if ctx.fused else None
     dweight = dbias = None
+    common = dict(
+        n_norm_dims=opts["n_norm_dims"],
+        weight_offset=opts["weight_offset"],
+        is_rms=opts["is_rms"],
+        dweight_dtype=weight.dtype if need_weight else None,
+        dbias_dtype=bias_dtype if need_bias else None,
+        backend=opts["backend"],
+    )
     if dy is None:
         # y does not reach the loss: only h's gradient flows back, to x and residual
         dnorm = dh
     elif _differentiating_backward():
+        if ctx.x_is_y:
+            raise RuntimeError(
+                "double backward (create_graph=True or a torch.func transform) needs the norm's "
+                "input, which memory_efficient=True does not save; use memory_efficient=False"
+            )
         dnorm, dweight, dbias = reference.norm_bwd_differentiable(
             dy,
-            norm_input,
+            saved,
             weight,
             dh,
             n_norm_dims=opts["n_norm_dims"],
@@ -100,21 +162,14 @@ def _backward(ctx, dy, dh, _dmean, _drstd):
             need_dweight=need_weight,
             need_dbias=need_bias,
         )
-    else:
+    elif ctx.x_is_y:
+        # saved_stat is the bias here: x_hat = (y - bias) / (weight + weight_offset)
         dnorm, dweight, dbias = ops.norm_bwd(
-            dy,
-            norm_input,
-            weight,
-            mean,
-            rstd,
-            dh,
-            n_norm_dims=opts["n_norm_dims"],
-            weight_offset=opts["weight_offset"],
-            is_rms=opts["is_rms"],
-            dweight_dtype=weight.dtype if need_weight else None,
-            dbias_dtype=bias_dtype if need_bias else None,
-            backend=opts["backend"],
-        )
+            dy, saved, weight, rstd.new_empty(0), rstd, dh, bias=saved_stat, x_is_y=True,
+            dx_dtype=ctx.norm_dtype, **common,
+        )  # fmt: skip
+    else:
+        dnorm, dweight, dbias = ops.norm_bwd(dy, saved, weight, saved_stat, rstd, dh, **common)
     return (
         dnorm.to(x_dtype) if need_x and dnorm is not None else None,
         dnorm.to(residual_dtype) if need_residual and dnorm is not None else None,

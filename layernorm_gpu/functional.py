@@ -12,6 +12,12 @@ Common keyword-only options:
   rounded to the input's dtype before the weight multiplies it, y in the promoted dtype of
   input and weight: Hugging Face's Llama-style RMSNorm), ``"t5"`` (x_hat rounded to a 16-bit
   weight's dtype, y in the weight's dtype: T5LayerNorm).
+* ``memory_efficient``: autograd saves y (which the next layer saves anyway) instead of the
+  norm's input, and the backward recomputes x_hat from it (LayerNorm ``(y - b) / w``,
+  RMSNorm ``y / w``). Used only where that is well conditioned (no zero or vanishing weight
+  entry, no bias much larger than its weight: :data:`layernorm_gpu.autograd.RECOMPUTE_MIN_SCALE`),
+  checked once per parameter version; elsewhere, and under ``torch.compile``, CUDA-graph
+  capture or forward-mode AD, the input is saved as usual. No double backward with it.
 * ``backend``: ``"auto"``, ``"triton"`` or ``"reference"``; None reads the environment
   variable ``LAYERNORM_GPU_BACKEND`` (unset or empty: ``"auto"``).
 """
@@ -41,6 +47,7 @@ def layer_norm(
     *,
     weight_offset: float = 0.0,
     casting: Casting = "torch",
+    memory_efficient: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """LayerNorm over the trailing ``normalized_shape`` dims of ``x``.
@@ -51,7 +58,7 @@ def layer_norm(
             ints, as torch takes it).
         weight, bias: ``normalized_shape``, x's dtype (or float32 with 16-bit x), or None.
         eps: added to the biased variance.
-        weight_offset, casting, backend: see the module docstring.
+        weight_offset, casting, memory_efficient, backend: see the module docstring.
 
     Returns:
         y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
@@ -68,6 +75,7 @@ def layer_norm(
         is_rms=False,
         residual_in_fp32=False,
         casting=check_casting(casting),
+        memory_efficient=bool(memory_efficient),
         backend=resolve_backend(backend, x),
     )
     return y
@@ -81,6 +89,7 @@ def rms_norm(
     *,
     weight_offset: float = 0.0,
     casting: Casting = "torch",
+    memory_efficient: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the trailing ``normalized_shape`` dims of ``x``
@@ -92,7 +101,7 @@ def rms_norm(
         weight: ``normalized_shape``, any float dtype, or None.
         eps: added to the mean square; None means the machine epsilon of the arithmetic dtype
             (float32 unless x is float64).
-        weight_offset, casting, backend: see the module docstring.
+        weight_offset, casting, memory_efficient, backend: see the module docstring.
 
     Returns:
         y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
@@ -109,6 +118,7 @@ def rms_norm(
         is_rms=True,
         residual_in_fp32=False,
         casting=check_casting(casting),
+        memory_efficient=bool(memory_efficient),
         backend=resolve_backend(backend, x),
     )
     return y
@@ -125,6 +135,7 @@ def fused_add_layer_norm(
     residual_in_fp32: bool = False,
     weight_offset: float = 0.0,
     casting: Casting = "torch",
+    memory_efficient: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; y = layer_norm(h)`` in one pass over x and residual.
@@ -133,7 +144,7 @@ def fused_add_layer_norm(
         x, residual: ``(*, *normalized_shape)``, same shape, any float dtypes and strides.
         normalized_shape, weight, bias, eps: as :func:`layer_norm`.
         residual_in_fp32: keep h in (at least) float32.
-        weight_offset, casting, backend: see the module docstring.
+        weight_offset, casting, memory_efficient, backend: see the module docstring.
 
     Returns:
         ``(y, h)``: h in the dtype of PyTorch's ``x + residual`` (at least float32 if
@@ -152,6 +163,7 @@ def fused_add_layer_norm(
         is_rms=False,
         residual_in_fp32=residual_in_fp32,
         casting=check_casting(casting),
+        memory_efficient=bool(memory_efficient),
         backend=resolve_backend(backend, x, residual),
     )
     return y, h
@@ -167,6 +179,7 @@ def fused_add_rms_norm(
     residual_in_fp32: bool = False,
     weight_offset: float = 0.0,
     casting: Casting = "torch",
+    memory_efficient: bool = False,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
@@ -183,6 +196,7 @@ def fused_add_rms_norm(
         is_rms=True,
         residual_in_fp32=residual_in_fp32,
         casting=check_casting(casting),
+        memory_efficient=bool(memory_efficient),
         backend=resolve_backend(backend, x, residual),
     )
     return y, h

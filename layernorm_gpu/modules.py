@@ -20,9 +20,10 @@ __all__ = ["LayerNorm", "RMSNorm", "replace_norms"]
 
 class _OurOptions:
     """What our modules add to torch's: keyword-only ``weight_offset`` (with a zero-initialised
-    weight when it is non-zero), ``casting`` and ``backend`` (validated when the module is
-    built), in ``reset_parameters`` and ``extra_repr``. The class attributes are the defaults,
-    so a torch module re-classed in place (:func:`replace_norms`) behaves as built with them.
+    weight when it is non-zero), ``casting``, ``memory_efficient`` and ``backend`` (validated
+    when the module is built), in ``reset_parameters`` and ``extra_repr``. The class
+    attributes are the defaults, so a torch module re-classed in place (:func:`replace_norms`)
+    behaves as built with them.
 
     The repr names the class ``layernorm_gpu.LayerNorm`` / ``layernorm_gpu.RMSNorm``, so a
     printed model shows which norms are ours. TorchScript is not supported (the forward runs
@@ -33,11 +34,15 @@ class _OurOptions:
     weight: nn.Parameter | None
     weight_offset: float = 0.0
     casting: str = "torch"
+    memory_efficient: bool = False
     backend: str | None = None
 
-    def _set_options(self, weight_offset: float, casting: str, backend: str | None) -> None:
+    def _set_options(
+        self, weight_offset: float, casting: str, memory_efficient: bool, backend: str | None
+    ) -> None:
         self.weight_offset = float(weight_offset)
         self.casting = check_casting(casting)
+        self.memory_efficient = bool(memory_efficient)
         self.backend = check_backend(backend)
 
     def reset_parameters(self) -> None:
@@ -51,6 +56,8 @@ class _OurOptions:
             text += f", weight_offset={self.weight_offset}"
         if self.casting != "torch":
             text += f", casting={self.casting!r}"
+        if self.memory_efficient:
+            text += ", memory_efficient=True"
         if self.backend is not None:
             text += f", backend={self.backend!r}"
         return text
@@ -71,8 +78,8 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
 
     Extra keyword-only arguments: ``weight_offset`` (scale by ``weight + weight_offset``; with a
     non-zero offset the weight is initialised to zeros so the effective scale starts at 1, as in
-    Gemma), ``casting`` (rounding points, see :mod:`layernorm_gpu.functional`) and ``backend``
-    (see :mod:`layernorm_gpu.dispatch`).
+    Gemma), ``casting`` and ``memory_efficient`` (see :mod:`layernorm_gpu.functional`) and
+    ``backend`` (see :mod:`layernorm_gpu.dispatch`).
     """
 
     def __init__(
@@ -86,9 +93,10 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
         *,
         weight_offset: float = 0.0,
         casting: Casting = "torch",
+        memory_efficient: bool = False,
         backend: str | None = None,
     ) -> None:
-        self._set_options(weight_offset, casting, backend)
+        self._set_options(weight_offset, casting, memory_efficient, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,13 +108,15 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
             self.eps,
             weight_offset=self.weight_offset,
             casting=self.casting,
+            memory_efficient=self.memory_efficient,
             backend=self.backend,
         )
 
 
 class RMSNorm(_OurOptions, nn.RMSNorm):
     """``torch.nn.RMSNorm`` running :func:`layernorm_gpu.rms_norm`; extra keyword-only
-    ``weight_offset``, ``casting`` and ``backend`` as in :class:`LayerNorm`."""
+    ``weight_offset``, ``casting``, ``memory_efficient`` and ``backend`` as in
+    :class:`LayerNorm`."""
 
     def __init__(
         self,
@@ -118,9 +128,10 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
         *,
         weight_offset: float = 0.0,
         casting: Casting = "torch",
+        memory_efficient: bool = False,
         backend: str | None = None,
     ) -> None:
-        self._set_options(weight_offset, casting, backend)
+        self._set_options(weight_offset, casting, memory_efficient, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +142,7 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
             self.eps,
             weight_offset=self.weight_offset,
             casting=self.casting,
+            memory_efficient=self.memory_efficient,
             backend=self.backend,
         )
 

@@ -30,6 +30,21 @@ from ._checks import check_dtypes
 from .dtypes import acc_dtype, h_dtype, output_dtypes
 
 _LIB = "layernorm_gpu"
+# Defined through torch.library.Library rather than the custom_op decorator: a custom_op's
+# implementation is wrapped in torch._dynamo.disable, so the first eager call would import
+# torch._dynamo (seconds); these ops' first call costs milliseconds.
+_LIBRARY = torch.library.Library(_LIB, "DEF")
+_LIBRARY.define(
+    "norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, int n_norm_dims, "
+    "float eps, float weight_offset, bool is_rms, bool residual_in_fp32, str casting, "
+    "str backend, bool memory_efficient=False) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+_LIBRARY.define(
+    "norm_bwd(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor? dh, "
+    "int n_norm_dims, float weight_offset, bool is_rms, ScalarType? dweight_dtype, "
+    "ScalarType? dbias_dtype, str backend, Tensor? bias=None, bool x_is_y=False, "
+    "ScalarType? dx_dtype=None) -> (Tensor, Tensor, Tensor)"
+)
 
 
 def _backend(name: str) -> ModuleType:
@@ -79,8 +94,7 @@ def _forward(backend, x, residual, weight, bias, n_norm_dims, eps, weight_offset
     )
 
 
-@torch.library.custom_op(f"{_LIB}::norm_fwd", mutates_args=())
-def norm_fwd(
+def _norm_fwd_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
@@ -92,9 +106,11 @@ def norm_fwd(
     residual_in_fp32: bool,
     casting: str,
     backend: str,
+    memory_efficient: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise the rows (last ``n_norm_dims`` dims) of ``x`` (``x + residual`` if given).
 
+    ``memory_efficient`` only tells autograd to save y rather than the norm's input.
     Returns ``(y, h, mean, rstd)`` (see the module docstring for shapes and dtypes).
     """
     check_dtypes(x, weight, bias, is_rms=is_rms)
@@ -104,9 +120,9 @@ def norm_fwd(
     )  # fmt: skip
 
 
-@norm_fwd.register_fake
+@torch.library.register_fake(f"{_LIB}::norm_fwd")
 def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
-      casting, backend):  # fmt: skip
+      casting, backend, memory_efficient=False):  # fmt: skip
     check_dtypes(x, weight, bias, is_rms=is_rms)
     h_dt, y_dt, _ = _fwd_dtypes(x, residual, weight, residual_in_fp32, casting)
     stats = acc_dtype(h_dt or x.dtype)
@@ -120,7 +136,7 @@ def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residu
 
 
 def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, weight_offset,
-                   is_rms, residual_in_fp32, casting, backend):  # fmt: skip
+                   is_rms, residual_in_fp32, casting, backend, memory_efficient=False):  # fmt: skip
     """vmap of ``norm_fwd``: the vmapped dim is more rows (moved to the front, or x expanded
     when only the parameters are batched). A batched weight or bias cannot be one vector for all
     rows: then the reference runs, with the parameters broadcast over each batch's rows."""
@@ -133,8 +149,9 @@ def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, w
     x = to_front(x, x_dim)
     residual = None if residual is None else to_front(residual, r_dim)
     args = (n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32, casting)
+    del memory_efficient  # an autograd choice; the vmapped forward is not saved from
     if w_dim is None and b_dim is None:
-        out = norm_fwd(x, residual, weight, bias, *args, backend)
+        out = torch.ops.layernorm_gpu.norm_fwd(x, residual, weight, bias, *args, backend)
     else:
         broadcast = [1] * (x.dim() - 1 - n_norm_dims)
 
@@ -149,11 +166,12 @@ def _norm_fwd_vmap(info, in_dims, x, residual, weight, bias, n_norm_dims, eps, w
     return out, (0, None if residual is None else 0, None if is_rms else 0, 0)
 
 
+_LIBRARY.impl("norm_fwd", _norm_fwd_impl, "CompositeExplicitAutograd")
 torch.library.register_vmap(f"{_LIB}::norm_fwd", _norm_fwd_vmap)
+norm_fwd = torch.ops.layernorm_gpu.norm_fwd
 
 
-@torch.library.custom_op(f"{_LIB}::norm_bwd", mutates_args=())
-def norm_bwd(
+def _norm_bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -166,13 +184,19 @@ def norm_bwd(
     dweight_dtype: torch.dtype | None,
     dbias_dtype: torch.dtype | None,
     backend: str,
+    bias: torch.Tensor | None = None,
+    x_is_y: bool = False,
+    dx_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`norm_fwd` from its saved norm input ``x`` (h when fused), mean and
-    rstd; ``dh`` (optional) is the gradient on the fused output h, added to dx. dW / dB are
-    computed only when their dtype is given.
+    """Gradients of ``norm_fwd`` from its saved norm input ``x`` (h when fused), mean and
+    rstd; or, with ``x_is_y``, from its output y (x_hat recomputed as ``(y - bias) / (weight +
+    weight_offset)``; mean unused). ``dh`` (optional) is the gradient on the fused output h,
+    added to dx. dW / dB are computed only when their dtype is given.
 
-    Returns ``(dx, dweight, dbias)`` (see the module docstring).
+    Returns ``(dx, dweight, dbias)`` (see the module docstring; dx in ``dx_dtype``, default
+    x's).
     """
+    options = {"bias": bias, "x_is_y": True, "dx_dtype": dx_dtype} if x_is_y else {}
     dx, dweight, dbias = _backend(backend).norm_bwd(
         dy,
         x,
@@ -185,21 +209,25 @@ def norm_bwd(
         weight_offset=weight_offset,
         dweight_dtype=dweight_dtype,
         dbias_dtype=dbias_dtype,
+        **options,
     )
     empty = x.new_empty(0)
     return dx, empty if dweight is None else dweight, empty.clone() if dbias is None else dbias
 
 
-@norm_bwd.register_fake
+@torch.library.register_fake(f"{_LIB}::norm_bwd")
 def _(dy, x, weight, mean, rstd, dh, n_norm_dims, weight_offset, is_rms, dweight_dtype,
-      dbias_dtype, backend):  # fmt: skip
+      dbias_dtype, backend, bias=None, x_is_y=False, dx_dtype=None):  # fmt: skip
     norm_shape = x.shape[x.dim() - n_norm_dims :]
 
     def grad(dtype):
         return x.new_empty(0) if dtype is None else x.new_empty(norm_shape, dtype=dtype)
 
-    return x.new_empty(x.shape), grad(dweight_dtype), grad(dbias_dtype)
+    return x.new_empty(x.shape, dtype=dx_dtype), grad(dweight_dtype), grad(dbias_dtype)
 
+
+_LIBRARY.impl("norm_bwd", _norm_bwd_impl, "CompositeExplicitAutograd")
+norm_bwd = torch.ops.layernorm_gpu.norm_bwd
 
 # torch.nn.LayerNorm and RMSNorm run in float32 under CUDA autocast; so do these ops. CPU
 # autocast leaves both in the input's dtype, which is what an op without a rule does.

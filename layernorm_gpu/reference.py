@@ -106,19 +106,35 @@ def _column_sum(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), n).sum(dim=0)
 
 
-def _backward(dy, x, weight, mean, rstd, is_rms, weight_offset, need_dweight, need_dbias):
+def _backward(
+    dy, x, weight, mean, rstd, is_rms, weight_offset, need_dweight, need_dbias, bias=None,
+    x_is_y=False,
+):  # fmt: skip
     """``(dx, dweight, dbias)`` of rows ``x (..., N)``, all in the accumulation dtype; dweight
-    and dbias only when asked for."""
+    and dbias only when asked for. With ``x_is_y``, ``x`` is the forward's output y and x_hat
+    is recomputed from it: ``(y - b) / (w + weight_offset)`` (the memory-efficient backward)."""
     acc = acc_dtype(x.dtype)
     xf, dyf = x.to(acc), dy.to(acc)
     rstd = rstd.to(acc)[..., None]
-    mean = None if is_rms else mean.to(acc)[..., None]
+    mean = None if is_rms or x_is_y else mean.to(acc)[..., None]
     scale = None if weight is None else weight.to(acc) + weight_offset
+    shift = None if bias is None or not x_is_y else bias.to(acc)
     n = x.shape[-1]
     dweight = dbias = None
+
+    def x_hat_into(out):
+        """x_hat written into ``out``."""
+        if x_is_y:
+            t = out.copy_(xf) if shift is None else torch.sub(xf, shift, out=out)
+            return t if scale is None else t.div_(scale)
+        return torch.mul(xf, rstd, out=out) if is_rms else torch.sub(xf, mean, out=out).mul_(rstd)
+
     if torch.is_grad_enabled():
         # the formulas as written, differentiable (the double-backward path)
-        x_hat = (xf if is_rms else xf - mean) * rstd
+        if x_is_y:
+            x_hat = (xf if shift is None else xf - shift) / (1.0 if scale is None else scale)
+        else:
+            x_hat = (xf if is_rms else xf - mean) * rstd
         g = dyf if scale is None else dyf * scale
         dx = g - x_hat * (g * x_hat).mean(dim=-1, keepdim=True)
         if not is_rms:
@@ -129,12 +145,6 @@ def _backward(dy, x, weight, mean, rstd, is_rms, weight_offset, need_dweight, ne
     else:
         # the same formulas through one new buffer (see the module docstring on allocations)
         buf = torch.empty(x.shape, dtype=acc, device=x.device)
-
-        def x_hat_into(out):
-            return (
-                torch.mul(xf, rstd, out=out) if is_rms else torch.sub(xf, mean, out=out).mul_(rstd)
-            )
-
         x_hat_into(buf).mul_(dyf)  # dy * x_hat
         if need_dweight:
             dweight = _column_sum(buf, n)
@@ -293,17 +303,22 @@ def norm_bwd(
     weight_offset: float,
     dweight_dtype: torch.dtype | None,
     dbias_dtype: torch.dtype | None,
+    bias: torch.Tensor | None = None,
+    x_is_y: bool = False,
+    dx_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The backward over the rows of ``x`` (the norm's input: h when fused), with the kernel
-    launcher's signature.
+    """The backward over the rows of ``x`` (the norm's input: h when fused; or, with
+    ``x_is_y``, the forward's output y, from which x_hat is recomputed with ``bias``), with
+    the kernel launcher's signature.
 
     Args:
         dy: gradient of y, ``x.shape``. mean, rstd: the forward's (any shape with ``n_rows``
             elements; mean unused for RMSNorm). dh: gradient on the fused output h, or None.
         dweight_dtype / dbias_dtype: dtype of dW / dB, or None to skip that gradient.
+        dx_dtype: dx's dtype (default x's).
 
     Returns:
-        ``(dx, dweight, dbias)``: dx ``x.shape`` in x's dtype (``+ dh`` before its one
+        ``(dx, dweight, dbias)``: dx ``x.shape`` in dx_dtype (``+ dh`` before its one
         rounding), a new contiguous tensor; dW / dB in the ``norm`` shape, or None.
     """
     lead = x.shape[: x.dim() - n_norm_dims]
@@ -312,17 +327,19 @@ def norm_bwd(
         _rows(dy, n_norm_dims),
         _rows(x, n_norm_dims),
         _rows(weight, n_norm_dims),
-        None if is_rms else mean.reshape(lead),
+        None if is_rms or x_is_y else mean.reshape(lead),
         rstd.reshape(lead),
         is_rms,
         weight_offset,
         dweight_dtype is not None,
         dbias_dtype is not None,
+        _rows(bias, n_norm_dims),
+        x_is_y,
     )
     if dh is not None:
         dx = dx + _rows(dh, n_norm_dims)
     return (
-        _as_output(dx, x.shape, x.dtype),
+        _as_output(dx, x.shape, dx_dtype or x.dtype),
         None if dweight is None else dweight.reshape(norm_shape).to(dweight_dtype),
         None if dbias is None else dbias.reshape(norm_shape).to(dbias_dtype),
     )

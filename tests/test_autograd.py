@@ -288,3 +288,114 @@ def test_only_h_used_launches_no_norm_backward(backend):
     h.square().sum().backward()
     assert dispatch.calls == {} and w.grad is None
     torch.testing.assert_close(x.grad, 2 * h.detach())
+
+
+# --- memory_efficient: save y, recompute x_hat ----------------------------------------------
+
+
+def _saved_storages(fn):
+    """Run ``fn`` under saved_tensors_hooks: the distinct storages autograd saved, by data_ptr
+    (a tensor saved twice, as y by the norm and the next Linear, counts once)."""
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(t):
+        if t.numel() > 0:
+            saved[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["reference", pytest.param("triton", marks=pytest.mark.xfail(strict=True, reason="TEMP"))],
+)
+@pytest.mark.parametrize("fn", list(_pairs("reference")))
+def test_memory_efficient_gradients_match_torch(backend, fn):
+    device, dtype = _setup(backend)
+    x, w, b, r = _inputs((5, N), device, dtype)
+    w = (1.0 + 0.2 * w.detach()).requires_grad_()
+    b = (0.3 * b.detach()).requires_grad_()
+    leaves = [t.detach().requires_grad_() for t in (x, w, b, r)]
+    kw = dict(memory_efficient=True, backend=backend)
+    calls = {
+        "layer_norm": lambda x, w, b, r: lg.layer_norm(x, N, w, b, **kw),
+        "rms_norm": lambda x, w, b, r: lg.rms_norm(x, N, w, eps=1e-6, **kw),
+        "fused_add_layer_norm": lambda x, w, b, r: lg.fused_add_layer_norm(x, r, N, w, b, **kw),
+        "fused_add_rms_norm": lambda x, w, b, r: lg.fused_add_rms_norm(x, r, N, w, eps=1e-6, **kw),
+    }
+    out = calls[fn](*leaves)
+    out = out if isinstance(out, tuple) else (out,)
+    cotangents = [make_input(o.shape, o.dtype, device) for o in out]
+    grads = torch.autograd.grad(out, leaves, cotangents, allow_unused=True)
+    ref_leaves = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    ref_out = _pairs("reference")[fn][1](*ref_leaves)
+    ref_out = ref_out if isinstance(ref_out, tuple) else (ref_out,)
+    ref_grads = torch.autograd.grad(
+        ref_out, ref_leaves, [c.double().cpu() for c in cotangents], allow_unused=True
+    )
+    for name, g, want in zip("xwbr", grads, ref_grads, strict=True):
+        assert (g is None) == (want is None), name
+        if g is not None:
+            assert_close(g, want, reduction=5, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_efficient_saves_one_activation_fewer(backend):
+    """Linear -> LayerNorm -> Linear: with memory_efficient the norm saves y, which the second
+    Linear saves anyway, instead of its input: one activation-size tensor fewer."""
+    device, dtype = _setup(backend)
+    first, second = torch.nn.Linear(N, N), torch.nn.Linear(N, N)
+    first, second = first.to(device, dtype), second.to(device, dtype)
+    x = make_input((64, N), dtype, device)
+    activation_bytes = {}
+    for memory_efficient in (False, True):
+        norm = lg.LayerNorm(N, memory_efficient=memory_efficient, backend=backend)
+        norm = norm.to(device, dtype)
+        _, saved = _saved_storages(lambda norm=norm: second(norm(first(x))))
+        activation_bytes[memory_efficient] = sum(
+            t.untyped_storage().nbytes() for t in saved.values() if t.shape == (64, N)
+        )
+    assert activation_bytes[True] == activation_bytes[False] - 64 * N * x.element_size()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case", ["zero-weight", "tiny-weight", "large-bias"], ids=lambda c: c
+)  # fmt: skip
+def test_memory_efficient_falls_back_where_ill_conditioned(backend, case):
+    """A weight entry that is zero or vanishing, or a bias far larger than its weight: y does
+    not determine x_hat there, so the norm's input is saved and the gradients stay exact."""
+    device, dtype = _setup(backend)
+    x = make_input((4, N), dtype, device, requires_grad=True)
+    w = make_input(N, dtype, device).detach()
+    b = 0.1 * make_input(N, dtype, device).detach()
+    if case == "zero-weight":
+        w[2] = 0.0
+    elif case == "tiny-weight":
+        w[1] = 1e-9
+    else:
+        b[3] = 100.0 * w[3].abs() + 1.0
+    w.requires_grad_()
+    b.requires_grad_()
+    y, saved = _saved_storages(
+        lambda: lg.layer_norm(x, N, w, b, memory_efficient=True, backend=backend)
+    )
+    assert x.untyped_storage().data_ptr() in saved, "the input must be saved"
+    dy = make_input(y.shape, dtype, device)
+    grads = torch.autograd.grad(y, [x, w, b], dy)
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
+    want = torch.autograd.grad(
+        F.layer_norm(leaves[0], (N,), *leaves[1:]), leaves, dy.double().cpu()
+    )
+    for g, e in zip(grads, want, strict=True):
+        assert_close(g, e, reduction=4)
+
+
+def test_memory_efficient_refuses_double_backward():
+    x = make_input((3, N), torch.float64, "cpu", requires_grad=True)
+    y = lg.layer_norm(x, N, make_input(N, torch.float64, "cpu"), memory_efficient=True)
+    with pytest.raises(RuntimeError, match="memory_efficient=False"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)

@@ -3,12 +3,15 @@ autograd, determinism and backend choice."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import layernorm_gpu as lg
-from helpers import KERNEL_DEVICE, assert_close, make_input
+from helpers import KERNEL_DEVICE, assert_chained_close, assert_close, make_input
 from layernorm_gpu import dispatch
 
 # the reference on CPU; the kernels on CUDA or in the interpreter
@@ -95,7 +98,7 @@ def test_create_graph_gives_exact_second_derivatives(backend):
     )
     second64 = torch.autograd.grad(dx64.square().sum(), [x64, w64])
     for g, g64 in zip(second, second64, strict=True):
-        torch.testing.assert_close(g.double().cpu(), g64, atol=1e-4, rtol=1e-4)
+        assert_chained_close(g, g64, "second_order")
 
 
 @pytest.mark.parametrize(
@@ -544,3 +547,17 @@ def test_cuda_autocast_casts_before_checking(backend):
     assert_close(y, y_torch.double())
     y.sum().backward()
     assert w.grad.dtype == torch.bfloat16
+
+
+def test_first_call_does_not_import_dynamo():
+    """The ops are defined through torch.library.Library: their first eager call costs
+    milliseconds, where a custom_op's would import torch._dynamo (seconds)."""
+    code = (
+        "import sys, torch, layernorm_gpu as lg\n"
+        "x = torch.randn(4, 8, requires_grad=True)\n"
+        "lg.layer_norm(x, 8).sum().backward()\n"
+        "lg.fused_add_rms_norm(x, x, 8)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'first call imported torch._dynamo'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

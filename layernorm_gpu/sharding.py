@@ -16,9 +16,10 @@ the combination that costs the least redistribution):
   all-to-all), whichever its cost model rates cheaper. Correct, but it moves all of x; a plan
   should hand the norms rows (``SequenceParallel``) instead.
 
-Empty outputs (h without residual, RMSNorm's mean, dW / dB that were not asked for) are
-replicated. Arguments are bound by their schema names, so the rules keep working when the ops
-gain arguments.
+Empty placeholders (h without residual, RMSNorm's mean, dW / dB that were not asked for, the
+mean the backward gets when it recomputes from y under ``memory_efficient``) are replicated.
+Arguments are bound by their schema names, so the rules keep working when the ops gain
+arguments.
 
 The rules are registered lazily: importing ``torch.distributed.tensor`` costs seconds, so
 ``import layernorm_gpu`` does not. ``autograd.norm_fwd``, which every functional call goes
@@ -145,6 +146,9 @@ def _norm_bwd_rules(*args: Any, **kwargs: Any) -> list[tuple[list[Any], list[Any
         return [row, parameter_grad(bound["dweight_dtype"]), parameter_grad(bound["dbias_dtype"])]
 
     def row_inputs(bound):
-        return {"dy", "x", "rstd", "dh"} | (set() if bound["is_rms"] else {"mean"})
+        # mean is an empty placeholder for RMSNorm and when x is y (memory_efficient)
+        n_lead_dims = bound["x"].ndim - bound["n_norm_dims"]
+        mean_has_rows = bound["mean"].shape == bound["x"].shape[:n_lead_dims]
+        return {"dy", "x", "rstd", "dh"} | ({"mean"} if mean_has_rows else set())
 
     return _rules(torch.ops.layernorm_gpu.norm_bwd.default, args, kwargs, outputs, row_inputs)

@@ -79,20 +79,22 @@ INPUT_NAMES = ("x", "residual", "weight", "bias")
 
 
 def _rule_inputs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Fresh inputs; weight and bias such that memory_efficient=True recomputes x_hat from y
+    (scales well away from 0, small shifts)."""
     gen = torch.Generator().manual_seed(7)
-    shapes = {"weight": (RULE_N,), "bias": (RULE_N,), "dy": RULE_SHAPE, "dh": RULE_SHAPE}
-    return {
-        name: (
-            0.5 + torch.randn(shapes.get(name, RULE_SHAPE), generator=gen, dtype=torch.float64)
-        ).to(dtype)
-        for name in (*INPUT_NAMES, "dy", "dh")
-    }
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    inputs = {name: 0.5 + randn(*RULE_SHAPE) for name in ("x", "residual", "dy", "dh")}
+    inputs |= {"weight": 1 + 0.25 * randn(RULE_N), "bias": 0.25 * randn(RULE_N)}
+    return {name: t.to(dtype) for name, t in inputs.items()}
 
 
 def _rule_calls(backend: str) -> dict:
     """Every functional entry point as ``fn(x, residual, weight, bias) -> outputs``."""
     n = RULE_N
-    return {
+    calls = {
         "layer_norm": lambda x, r, w, b: (lg.layer_norm(x, n, w, b, backend=backend),),
         "rms_norm": lambda x, r, w, b: (lg.rms_norm(x, n, w, eps=1e-6, backend=backend),),
         "fused_add_layer_norm": lambda x, r, w, b: lg.fused_add_layer_norm(
@@ -100,6 +102,16 @@ def _rule_calls(backend: str) -> dict:
         ),
         "fused_add_rms_norm": lambda x, r, w, b: lg.fused_add_rms_norm(x, r, n, w, backend=backend),
     }
+    if backend == "reference":  # the kernels' memory-efficient backward is not there yet
+        calls |= {
+            "layer_norm(memory_efficient)": lambda x, r, w, b: (
+                lg.layer_norm(x, n, w, b, memory_efficient=True, backend=backend),
+            ),
+            "rms_norm(memory_efficient)": lambda x, r, w, b: (
+                lg.rms_norm(x, n, w, eps=1e-6, memory_efficient=True, backend=backend),
+            ),
+        }
+    return calls
 
 
 def _run_rule_call(fn, inputs: dict[str, torch.Tensor]) -> dict[str, list]:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_helpers import run_ranks
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from distributed_helpers import run_ranks
 from helpers import assert_close
 from layernorm_gpu import LayerNorm, RMSNorm, dispatch
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_helpers import run_ranks
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -41,6 +40,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 import layernorm_gpu as lg
+from distributed_helpers import run_ranks
 from helpers import assert_close
 from layernorm_gpu import dispatch
 

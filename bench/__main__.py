@@ -46,7 +46,15 @@ FULL_COMPILE_FACTOR = 5
 def _parser() -> argparse.ArgumentParser:
     from . import gpu
 
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="On a CUDA machine: time layernorm_gpu against torch and other kernels. "
+        "Without a GPU (or with --reports): check memory traffic, offline compilation, CPU "
+        "speed and accuracy against their targets.",
+        epilog="Exit status: 0 when every target is met (or, for a CPU timing on a busy "
+        "machine, not judged), 1 when one is missed. Compiled kernels are cached in "
+        "Triton's cache (~/.triton/cache; TRITON_CACHE_DIR moves it).",
+    )
     reports = parser.add_argument_group("no-GPU reports")
     reports.add_argument(
         "--reports",

@@ -197,6 +197,7 @@ def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.N
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("is_rms", (False, True))
 @pytest.mark.parametrize("n", (64, 200, 1000))

@@ -142,6 +142,7 @@ def test_install_puts_kernels_inside_the_namespace_with_license_and_typing_marke
     assert result.stdout.strip().startswith(str(site))
 
 
+@pytest.mark.slow
 def test_sdist_test_suite_collects_against_the_installed_package(sdist, site):
     # The installed package comes first on the path, before the sdist's source folders (whose
     # layernorm_gpu/ lacks the kernels: they install from ./kernels).

@@ -58,20 +58,24 @@ def to_markdown(table: Table) -> str:
 
 def column_widths(table: Table, width: int) -> list[int] | None:
     """Widths of the columns in a ``width``-wide terminal, words never split (words count up to
-    24 characters): each column gets its longest word, then the room left is shared in
-    proportion to how much wider each column would like to be. None when even the longest words
-    do not fit."""
+    24 characters): each column gets its longest word, then the room left is shared out evenly,
+    narrow columns first, none past its natural width (so short cells stay on one line). None
+    when even the longest words do not fit."""
     cells = list(zip(table.columns, *table.rows, strict=True))
-    words = [max(min(len(w), 24) for cell in col for w in cell.split() or [""]) for col in cells]
+    widths = [max(min(len(w), 24) for cell in col for w in cell.split() or [""]) for col in cells]
     natural = [max(len(cell) for cell in col) for col in cells]
     room = width - (3 * len(cells) + 1)  # borders and padding
     if sum(natural) <= room:
         return natural
-    if sum(words) > room:
+    if sum(widths) > room:
         return None
-    spare, wants = room - sum(words), [n - w for n, w in zip(natural, words, strict=True)]
-    extra = [spare * want // sum(wants) for want in wants]
-    return [w + e for w, e in zip(words, extra, strict=True)]
+    spare = room - sum(widths)
+    by_want = sorted(range(len(cells)), key=lambda i: natural[i] - widths[i])
+    for left, i in enumerate(by_want):
+        extra = min(natural[i] - widths[i], spare // (len(cells) - left))
+        widths[i] += extra
+        spare -= extra
+    return widths
 
 
 def print_table(table: Table, markdown: bool = False) -> None:

@@ -51,6 +51,7 @@ def _compare_compiled(block: torch.nn.Module, device: torch.device) -> None:
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_reference_on_cpu():
     dispatch.calls.clear()
     _compare_compiled(_Block(32, None), torch.device("cpu"))

@@ -134,11 +134,13 @@ if not torch.cuda.is_available():
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
 def test_ddp_gloo_matches_single_process(tmp_path: Path, backend: str, dtype: torch.dtype) -> None:
     _check_against_single_process(tmp_path, "ddp", "gloo", backend, dtype, CPU)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
 def test_fsdp2_gloo_matches_single_process(
     tmp_path: Path, backend: str, dtype: torch.dtype

@@ -1,6 +1,9 @@
 """Benchmarks and reports for layernorm_gpu: ``python -m bench`` (see bench/README.md).
 
-On CUDA: the GPU benchmark. Without a GPU: the traffic report (real kernels in Triton's
-interpreter), the offline compile report (registers, spills, 128-bit accesses, 64-bit offsets)
-and CPU timings. ``bench/train.py`` (a loss-curve comparison on a tiny GPT) runs as a script.
+On CUDA: the GPU benchmark (:mod:`bench.gpu`). Without a GPU: the proof tools (the traffic
+report on the real kernels in Triton's interpreter, the offline compile report) run, and
+:mod:`bench.findings` states their results as targets with verdicts; :mod:`bench.cpu` times the
+CPU fallback against torch and checks the kernels' accuracy. :mod:`bench.verdicts`,
+:mod:`bench.progress`, :mod:`bench.tables` and :mod:`bench.cache` are the reporting.
+``bench/train.py`` (a loss-curve comparison on a tiny GPT) runs as a script.
 """

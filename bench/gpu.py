@@ -28,11 +28,15 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .bytes_model import bytes_moved
+
+if TYPE_CHECKING:
+    from .progress import Step
 
 HIDDEN_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144)
 QUICK_HIDDEN_SIZES = (1024, 4096, 16384, 262144)
@@ -262,55 +266,51 @@ def run_sweep(
     dtypes: list[str],
     hidden: tuple[int, ...],
     copy_bw: float,
+    step: Step,
 ) -> list[Row]:
-    """Time every (mode, dtype, hidden size, provider); failures are reported and skipped."""
-    from rich.progress import Progress
-
+    """Time every (mode, dtype, hidden size, provider), advancing ``step`` once per case;
+    failures are reported and skipped."""
     env = _environment()
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     rows_out: list[Row] = []
     cases = [(d, n) for d in dtypes for n in hidden]
-    with Progress() as progress:
-        task = progress.add_task("benchmark", total=len(cases) * len(providers) * len(modes))
-        for dtype_name, cols in cases:
-            dtype = DTYPES[dtype_name]
-            rows = rows_for(cols, dtype)
-            pool = _input_pool(rows, cols, dtype, l2_bytes)
-            for provider, mode in itertools.product(providers, modes):
-                progress.update(
-                    task, advance=1, description=f"{provider.name} {mode} {dtype_name} N={cols}"
-                )
-                if mode != "fwd" and not provider.backward:
+    for dtype_name, cols in cases:
+        dtype = DTYPES[dtype_name]
+        rows = rows_for(cols, dtype)
+        pool = _input_pool(rows, cols, dtype, l2_bytes)
+        for provider, mode in itertools.product(providers, modes):
+            step.advance(f"{provider.name} {mode} {dtype_name} N={cols}")
+            if mode != "fwd" and not provider.backward:
+                continue
+            try:
+                norm = provider.make(cols, dtype)
+                if norm is None:
                     continue
-                try:
-                    norm = provider.make(cols, dtype)
-                    if norm is None:
-                        continue
-                    ms, p20, p80 = measure(mode, norm, pool)
-                except Exception as e:  # one failing provider must not end the sweep
-                    progress.console.print(
-                        f"[yellow]{provider.name} {mode} {dtype_name} "
-                        f"N={cols}: {type(e).__name__}: {e}"[:300]
-                    )
-                    continue
-                gbps = minimum_bytes(mode, rows, cols, dtype) / (ms * 1e-3) / 1e9
-                rows_out.append(
-                    Row(
-                        **env,
-                        mode=mode,
-                        dtype=dtype_name,
-                        rows=rows,
-                        cols=cols,
-                        provider=provider.name,
-                        ms=ms,
-                        ms_p20=p20,
-                        ms_p80=p80,
-                        gbps=gbps,
-                        copy_fraction=gbps * 1e9 / copy_bw,
-                    )
+                ms, p20, p80 = measure(mode, norm, pool)
+            except Exception as e:  # one failing provider must not end the sweep
+                step.print(
+                    f"skipped {provider.name} {mode} {dtype_name} "
+                    f"N={cols}: {type(e).__name__}: {e}"[:300]
                 )
-            del pool
-            torch.cuda.empty_cache()
+                continue
+            gbps = minimum_bytes(mode, rows, cols, dtype) / (ms * 1e-3) / 1e9
+            rows_out.append(
+                Row(
+                    **env,
+                    mode=mode,
+                    dtype=dtype_name,
+                    rows=rows,
+                    cols=cols,
+                    provider=provider.name,
+                    ms=ms,
+                    ms_p20=p20,
+                    ms_p80=p80,
+                    gbps=gbps,
+                    copy_fraction=gbps * 1e9 / copy_bw,
+                )
+            )
+        del pool
+        torch.cuda.empty_cache()
     return rows_out
 
 
@@ -437,10 +437,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
 
 
+def header(args: argparse.Namespace, providers: list[Provider], hidden: tuple[int, ...]) -> str:
+    """One line: what the benchmark will run on which GPU."""
+    names = ", ".join(p.name for p in providers if p.name != OURS)
+    train = "" if args.no_train else ", then a transformer-block training step"
+    return (
+        f"CUDA device {torch.cuda.get_device_name()}: timing layernorm_gpu against {names} "
+        f"({', '.join(args.modes)}; {', '.join(args.dtypes)}; {len(hidden)} hidden sizes "
+        f"{hidden[0]}-{hidden[-1]}){train}. The no-GPU reports run with --reports."
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the sweep and the training step for parsed ``args``; write the CSV and plots and
     print the tables."""
-    from .tables import Table, print_table
+    from .cache import triton_cache_dir
+    from .progress import Steps
+    from .tables import Table, console, print_table
 
     if not torch.cuda.is_available():
         raise SystemExit(
@@ -448,8 +461,14 @@ def run(args: argparse.Namespace) -> None:
         )
     hidden = tuple(args.hidden or (QUICK_HIDDEN_SIZES if args.quick else HIDDEN_SIZES))
     providers = available_providers(args.providers)
-    copy_bw = copy_bandwidth()
-    rows = run_sweep(providers, tuple(args.modes), args.dtypes, hidden, copy_bw)
+    console().print(header(args, providers, hidden), markup=False)
+    console().print()
+    steps = Steps(2 if args.no_train else 3)
+    with steps.step("Measuring the GPU's copy bandwidth (the reference for GB/s)"):
+        copy_bw = copy_bandwidth()
+    cases = len(args.dtypes) * len(hidden) * len(providers) * len(args.modes)
+    with steps.step("Timing every provider, mode, dtype and hidden size", units=cases) as step:
+        rows = run_sweep(providers, tuple(args.modes), args.dtypes, hidden, copy_bw, step)
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     csv_path = args.save_path / f"layernorm_{stamp}.csv"
     write_csv(rows, csv_path)
@@ -470,24 +489,49 @@ def run(args: argparse.Namespace) -> None:
             f"{r.gbps:.0f}",
             f"{r.copy_fraction:.0%}",
         )
-    table.notes += [f"CSV: {csv_path}", "plots: " + ", ".join(str(p) for p in pngs)]
+    table.notes += [
+        "fwd: forward; bwd: backward alone; fwd_bwd: both. N: the hidden size (the normalized "
+        "width). GB/s: the bytes any implementation must move (x + y forward, x + dy + dx "
+        "backward) over the median time; of copy: that as a share of a plain tensor copy on "
+        "this GPU (100% = as fast as copying the data once).",
+        f"CSV: {csv_path}",
+        "plots: " + ", ".join(str(p) for p in pngs),
+    ]
     print_table(table)
 
     speedups = Table(
-        "Geometric-mean speedup of layernorm_gpu (baseline time / ours)", ["baseline", *args.modes]
+        "Speed of layernorm_gpu against each baseline (geometric mean over dtypes and sizes)",
+        ["baseline", *args.modes, "verdict"],
     )
     for baseline, by_mode in geomean_speedups(rows).items():
-        speedups.add(baseline, *(f"{by_mode[m]:.2f}x" if m in by_mode else "-" for m in args.modes))
+        slower = [m for m in args.modes if by_mode.get(m, math.inf) < 1]
+        speedups.add(
+            baseline,
+            *(f"{by_mode[m]:.2f}x" if m in by_mode else "-" for m in args.modes),
+            f"slower in {', '.join(slower)}" if slower else "faster in every mode",
+        )
+    speedups.notes.append(
+        "baseline time / layernorm_gpu time: above 1.00x layernorm_gpu is faster. "
+        "No pass/fail target on a GPU: these are the measurements the no-GPU reports predict."
+    )
     print_table(speedups)
 
     if not args.no_train:
+        with steps.step("Training step: a transformer block with torch's and our LayerNorm"):
+            results = training_step()
         train = Table(
             "Training step: one Llama layer fwd+bwd, bf16, 8x1024 tokens",
             ["dim", "transformers LlamaRMSNorm ms", "layernorm_gpu ms", "speedup"],
         )
-        for dim, theirs, ours in training_step():
+        for dim, theirs, ours in results:
             train.add(dim, f"{theirs:.3f}", f"{ours:.3f}", f"{theirs / ours:.3f}x")
+        train.notes.append("speedup: torch time / layernorm_gpu time; above 1x we are faster.")
         print_table(train)
+    console().print(
+        f"Written: {csv_path} and {len(pngs)} plots in {args.save_path}. Cached: Triton keeps "
+        f"the compiled kernels in {triton_cache_dir()} (TRITON_CACHE_DIR moves it).",
+        markup=False,
+    )
 
 
 if __name__ == "__main__":

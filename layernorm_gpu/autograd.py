@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import forward_ad
 
-from . import ops, reference
+from . import ops, reference, sharding
 from .dtypes import output_dtypes
 
 # The op's arguments after the tensors, in schema order (autograd.Function takes positions).
@@ -233,6 +233,7 @@ def norm_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Differentiable ``norm_fwd``: the op under ``torch.compile``, :class:`NormFunction`
     otherwise. ``options`` are the op's arguments named in :data:`OPTION_NAMES`."""
+    sharding.register_if_dtensor(x)
     if torch.compiler.is_compiling():
         return ops.norm_fwd(x, residual, weight, bias, **options)
     return NormFunction.apply(x, residual, weight, bias, *(options[k] for k in OPTION_NAMES))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -19,8 +20,16 @@ from helpers import HAS_CUDA
 
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# torch.compile's on-disk cache can replay a stale graph after a custom op's schema changes.
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="layernorm_gpu_inductor_")
+# The session's compile caches live in one temporary folder, removed when the session ends:
+# torch.compile's (an on-disk cache can replay a stale graph after a custom op's schema
+# changes) and Triton's (the offline compile checks), so the tests leave nothing behind.
+_CACHE_DIR = tempfile.mkdtemp(prefix="layernorm_gpu_tests_")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(_CACHE_DIR, "inductor")
+os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHE_DIR, "triton")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def _round_bfloat16_to_nearest_even() -> None:

@@ -57,6 +57,7 @@ def _compare_compiled(model: torch.nn.Module, device: torch.device, layers: bool
 LAYERS = [False, pytest.param(True, marks=pytest.mark.slow)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", LAYERS, ids=["norm", "decoder-layer"])
 def test_compile_fullgraph_reference_on_cpu(layers: bool):
     dispatch.calls.clear()

@@ -4,27 +4,23 @@ Each rank trains on its half of a batch; gradients are averaged across the ranks
 every SGD step the parameters must equal those of one process trained on the whole batch
 (mean losses over equal halves). CPU runs use gloo (the kernels in Triton's interpreter when
 there is no CUDA, which the spawned ranks inherit through ``TRITON_INTERPRET``); the NCCL run
-needs two GPUs. Ranks are started with ``torch.multiprocessing.spawn`` and rendezvous through a
-file in the test's tmp_path, so no port is involved; a 60 s collective timeout and a 180 s
-limit on the ranks bound a hang.
+needs two GPUs. The ranks are child processes with bounded run time
+(:mod:`distributed_helpers`).
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from distributed_helpers import run_ranks
 from helpers import assert_close
 from layernorm_gpu import LayerNorm, RMSNorm, dispatch
 
@@ -32,8 +28,6 @@ WORLD = 2
 BATCH = 8
 STEPS = 3
 WIDTH = 16
-# bounds a hung rank so that the suite fails instead of stalling CI
-RANK_TIMEOUT_S = 180
 
 
 def _model(backend: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -77,51 +71,35 @@ def _worker(
     pg_backend: str,
     backend: str,
     dtype: torch.dtype,
-    init_file: str,
     out_dir: str,
 ) -> None:
     """One rank: train its half of every batch under ``mode`` ("ddp" or "fsdp"), save the
     full parameters and how many op calls ran on ``backend``."""
-    dist.init_process_group(
-        pg_backend,
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        device = torch.device(f"cuda:{rank}" if pg_backend == "nccl" else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        model = _model(backend, dtype, device)
-        if mode == "ddp":
-            wrapped: nn.Module = DistributedDataParallel(
-                model, device_ids=[rank] if device.type == "cuda" else None
-            )
-        else:
-            mesh = init_device_mesh(device.type, (WORLD,))
-            for module in model:
-                if next(module.parameters(), None) is not None:
-                    fully_shard(module, mesh=mesh)
-            wrapped = fully_shard(model, mesh=mesh)
-        x, target = _data(dtype, device)
-        half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        dispatch.calls.clear()
-        _train(wrapped, x[:, half], target[:, half])
-        params = {}
-        for name, param in model.named_parameters():
-            full = param.full_tensor() if mode == "fsdp" else param
-            params[name] = full.detach().cpu()
-        torch.save(
-            {"params": params, "calls": dispatch.calls[backend]}, Path(out_dir) / f"rank{rank}.pt"
+    device = torch.device(f"cuda:{rank}" if pg_backend == "nccl" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    model = _model(backend, dtype, device)
+    if mode == "ddp":
+        wrapped: nn.Module = DistributedDataParallel(
+            model, device_ids=[rank] if device.type == "cuda" else None
         )
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    # Leave without running destructors: tearing down DDP's reducer and the gloo process group
-    # joins gloo's worker thread while holding the GIL, and that thread may need the GIL to
-    # free a finished work item: a teardown deadlock seen here (torch 2.13, CPU).
-    os._exit(0)
+    else:
+        mesh = init_device_mesh(device.type, (WORLD,))
+        for module in model:
+            if next(module.parameters(), None) is not None:
+                fully_shard(module, mesh=mesh)
+        wrapped = fully_shard(model, mesh=mesh)
+    x, target = _data(dtype, device)
+    half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    dispatch.calls.clear()
+    _train(wrapped, x[:, half], target[:, half])
+    params = {}
+    for name, param in model.named_parameters():
+        full = param.full_tensor() if mode == "fsdp" else param
+        params[name] = full.detach().cpu()
+    torch.save(
+        {"params": params, "calls": dispatch.calls[backend]}, Path(out_dir) / f"rank{rank}.pt"
+    )
 
 
 def _check_against_single_process(
@@ -132,18 +110,9 @@ def _check_against_single_process(
     dtype: torch.dtype,
     device: torch.device,
 ) -> None:
-    ranks = mp.spawn(
-        _worker,
-        args=(mode, pg_backend, backend, dtype, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
+    run_ranks(
+        _worker, WORLD, tmp_path, (mode, pg_backend, backend, dtype, str(tmp_path)), pg_backend
     )
-    deadline = time.monotonic() + RANK_TIMEOUT_S
-    while not ranks.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ranks.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} ranks did not finish within {RANK_TIMEOUT_S} s")
     model = _model(backend, dtype, device)
     initial = {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
     _train(model, *_data(dtype, device))
@@ -165,11 +134,13 @@ if not torch.cuda.is_available():
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
 def test_ddp_gloo_matches_single_process(tmp_path: Path, backend: str, dtype: torch.dtype) -> None:
     _check_against_single_process(tmp_path, "ddp", "gloo", backend, dtype, CPU)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
 def test_fsdp2_gloo_matches_single_process(
     tmp_path: Path, backend: str, dtype: torch.dtype

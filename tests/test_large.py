@@ -10,6 +10,7 @@ from helpers import assert_close
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_more_than_2_31_elements_forward_and_backward():
     """bf16 x of 2**31 + 2 * 4096 elements (4 GiB): y and dx of the rows past element 2**31
     against the float64 reference."""

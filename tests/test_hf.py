@@ -229,7 +229,7 @@ def test_bitwise_equal_to_transformers_in_bfloat16() -> None:
         convention = hf.TABLE[_PREFIX + rep]
         lines.append(
             f"{rep.rpartition('.')[2]:<36} {convention.name:<7} {convention.casting:<6} "
-            f"reference {shares[0]:7.2%}  triton {shares[1]:7.2%}"
+            f"reference {shares[0]:8.3%}  triton {shares[1]:8.3%}"
         )
         assert min(shares) >= 0.99, lines[-1]
     print("\nbf16 outputs bitwise equal to transformers eager (1024 x 64):")

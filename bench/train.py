@@ -17,7 +17,7 @@ What is compared, by device:
 
 ::
 
-    python -m bench.train                      # CPU: kernels in the interpreter, 15 steps (~2 min)
+    python -m bench.train                      # CPU: kernels in the interpreter, 30 steps (~1 min)
     python -m bench.train --device cuda --steps 300 --out bench/out/train_loss.png
 """
 
@@ -140,7 +140,7 @@ def summarize(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--steps", type=int, help="training steps per run (default: 300 on CUDA, 15 on CPU)"
+        "--steps", type=int, help="training steps per run (default: 300 on CUDA, 30 on CPU)"
     )
     parser.add_argument(
         "--device",
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cpu = device.type == "cpu"
-    steps = args.steps if args.steps is not None else (15 if on_cpu else 300)
+    steps = args.steps if args.steps is not None else (30 if on_cpu else 300)
     if steps < 1:
         parser.error("--steps must be at least 1")
     backend = args.backend or ("triton" if on_cpu else "auto")

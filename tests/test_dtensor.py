@@ -10,7 +10,7 @@ on CPU processes.
   alone on 2 ranks and under FSDP2 on a 2 x 2 mesh. Each step's loss and every parameter's
   gathered gradient equal those of one process training torch's own norms on the whole batch.
   Our modules go in either before ``parallelize_module`` or through ``replace_norms`` after
-  (an expected failure for now: see ``REPLACE_NORMS_KEEPS_NO_HOOKS``).
+  (which re-classes the planned modules in place, keeping the plan's hooks).
 
 The kernels run in Triton's interpreter when there is no CUDA (the ranks inherit
 ``TRITON_INTERPRET``). The ranks check what they can themselves (placements) and leave losses
@@ -386,8 +386,7 @@ def _train_parallel(
 def _parallel_worker(rank: int, mode: str, cases: list, out: str) -> None:
     """One rank of ``mode``: "tp" (2 ranks: the rules, then TP/SP training) or "fsdp_tp" (a
     2 x 2 mesh: FSDP2 over TP training), for each ``(backend, dtype)`` of ``cases``. Rank 0
-    saves the results; the known failure of the ``replace_norms`` run (the plan's hooks left on
-    the replaced modules, so our norms get plain inputs) is saved as its error, for its test."""
+    saves the results."""
     if mode == "tp":
         tp_mesh, dp_mesh = init_device_mesh("cpu", (TP,)), None
     else:
@@ -401,14 +400,9 @@ def _parallel_worker(rank: int, mode: str, cases: list, out: str) -> None:
         result["ours_then_plan"] = _train_parallel(
             "ours_then_plan", backend, dtype, tp_mesh, dp_mesh
         )
-        try:
-            result["plan_then_replace_norms"] = _train_parallel(
-                "plan_then_replace_norms", backend, dtype, tp_mesh, dp_mesh
-            )
-        except RuntimeError as error:
-            if "mixed torch.Tensor and DTensor" not in str(error):
-                raise
-            result["plan_then_replace_norms"] = {"error": str(error)}
+        result["plan_then_replace_norms"] = _train_parallel(
+            "plan_then_replace_norms", backend, dtype, tp_mesh, dp_mesh
+        )
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")
 
@@ -469,15 +463,9 @@ def test_rules_keep_rows_sharded(tp_results: dict, backend: str, dtype: torch.dt
                     assert_close(grad, want.double(), reduction=RULE_ROWS, msg=msg)
 
 
-class PlanHooksLostError(Exception):
-    """Our norms met plain inputs after ``replace_norms`` on a parallelized model."""
-
-
 def _check_against_single_process(result: dict, backend: str, dtype: torch.dtype) -> None:
     """Losses and every parameter's gradient at every step against one process training
     torch's norms on the whole batch; ours in one process too."""
-    if "error" in result:
-        raise PlanHooksLostError(result["error"])
     # sequence parallel: every norm ran on its rank's rows only
     assert result["norm_output_placements"] == [repr((Shard(1),))] * (len(NORMS) * STEPS)
     # forward and backward of the three norms at every step ran on the requested backend
@@ -504,22 +492,9 @@ def _check_against_single_process(result: dict, backend: str, dtype: torch.dtype
                 )
 
 
-# replace_norms builds new modules: the hooks parallelize_module put on the old ones (to make
-# their inputs DTensors) are left behind, so the new norms meet plain inputs and DTensor
-# parameters. Moving the module's forward hooks onto its replacement fixes it (checked: these
-# tests then pass); so would swapping the module's class in place.
-REPLACE_NORMS_KEEPS_NO_HOOKS = pytest.mark.xfail(
-    raises=PlanHooksLostError,
-    strict=True,
-    reason="replace_norms does not carry the parallel plan's module hooks",
-)
-
-
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
-@pytest.mark.parametrize(
-    "how",
-    ["ours_then_plan", pytest.param("plan_then_replace_norms", marks=REPLACE_NORMS_KEEPS_NO_HOOKS)],
-)
+# replace_norms re-classes the planned modules in place, so the plan's hooks stay on them
+@pytest.mark.parametrize("how", ["ours_then_plan", "plan_then_replace_norms"])
 def test_tensor_sequence_parallel_matches_single_process(
     tp_results: dict, how: str, backend: str, dtype: torch.dtype
 ) -> None:
@@ -528,10 +503,8 @@ def test_tensor_sequence_parallel_matches_single_process(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("backend", "dtype"), CPU_CASES)
-@pytest.mark.parametrize(
-    "how",
-    ["ours_then_plan", pytest.param("plan_then_replace_norms", marks=REPLACE_NORMS_KEEPS_NO_HOOKS)],
-)
+# replace_norms re-classes the planned modules in place, so the plan's hooks stay on them
+@pytest.mark.parametrize("how", ["ours_then_plan", "plan_then_replace_norms"])
 def test_fsdp2_over_tensor_parallel_matches_single_process(
     fsdp_tp_results: dict, how: str, backend: str, dtype: torch.dtype
 ) -> None:

@@ -153,7 +153,7 @@ def _norm_bwd_single_block_kernel(
     DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
     DX,  # (n_rows, n_cols) contiguous out, X's dtype
     W,  # (n_cols,) weight, or None
-    Mean,  # (n_rows,) float32, LayerNorm only
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
     Rstd,  # (n_rows,) float32
     DW_partial,  # (grid, n_cols) float32 out, or None
     DB_partial,  # (grid, n_cols) float32 out, or None
@@ -231,7 +231,7 @@ def _norm_bwd_looped_kernel(
     DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
     DX,  # (n_rows, n_cols) contiguous out, X's dtype
     W,  # (n_cols,) weight, or None
-    Mean,  # (n_rows,) float32, LayerNorm only
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
     Rstd,  # (n_rows,) float32
     DW_partial,  # (grid, n_cols) float32 out, or None
     DB_partial,  # (grid, n_cols) float32 out, or None
@@ -384,7 +384,8 @@ def norm_bwd(
     Args:
         dy: gradient of y, ``x.shape``, any strides.
         x: the forward's input of the norm (h when fused), ``(*lead, *norm)``.
-        weight: ``norm`` shape or None. mean, rstd: ``(n_rows,)`` float32 from the forward.
+        weight: ``norm`` shape or None. mean, rstd: ``(n_rows,)`` float32 from the forward
+            (RMSNorm: mean is not read, and may be empty).
         dh: gradient of the fused residual output h (added to dx), or None.
         dweight_dtype / dbias_dtype: dtype of dW / dB, or None to skip that gradient.
 
@@ -440,6 +441,8 @@ def norm_bwd(
         ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
         num_warps=cfg.num_warps,
     )
+    # RMSNorm has no mean (the forward returns an empty one): the kernels never read it
+    mean = None if is_rms else mean
     tensors = (x, dy, dh, dx, weight, mean, rstd, partial.get("dw"), partial.get("db"))
     # the looped kernel keeps each row's (c1, c2) between its two passes
     scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)

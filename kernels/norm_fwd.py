@@ -5,7 +5,10 @@ elements in float32 whatever the I/O dtype, with the fused add first::
 
     h      = x + residual           (only with a residual; rounded to h's dtype and stored)
     x_hat  = (h - mean) * rstd      (the reference's mean, centred variance and rstd)
-    y      = x_hat * (weight + weight_offset) + bias, stored in x's dtype
+    y      = round(x_hat, x_hat_dtype) * (weight + weight_offset) + bias, stored in y's dtype
+
+``x_hat_dtype`` is the rounding point of the casting conventions (none by default: x_hat stays
+float32); it, y's dtype and the fused add are the only roundings.
 
 Two kernels share the helpers below: rows up to the single-block width are read once and kept
 in registers (:func:`_norm_fwd_single_block_kernel`); wider rows are merged chunk by chunk
@@ -67,9 +70,10 @@ def _centred(h, mask, pivot, count, IS_RMS: tl.constexpr):
 
 
 @triton.jit
-def _normalise(centred, rstd, w, b):
-    """``y = x_hat * w + b`` in float32, ``x_hat = centred * rstd``."""
-    x_hat = centred * rstd[:, None]
+def _normalise(centred, rstd, w, b, X_HAT_DTYPE: tl.constexpr):
+    """``y = round(x_hat, X_HAT_DTYPE) * w + b`` in float32, ``x_hat = centred * rstd`` (the
+    casting conventions' rounding point; ``X_HAT_DTYPE = float32``: no rounding)."""
+    x_hat = (centred * rstd[:, None]).to(X_HAT_DTYPE).to(tl.float32)
     return x_hat * w[None, :] + b[None, :]
 
 
@@ -86,10 +90,10 @@ def _norm_fwd_single_block_kernel(
     X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
     R,  # (n_rows, n_cols) rows of the residual, or None
     H,  # (n_rows, n_cols) contiguous out: h = x + residual, or None
-    Y,  # (n_rows, n_cols) contiguous out, x's dtype
+    Y,  # (n_rows, n_cols) contiguous out, y's dtype
     W,  # (n_cols,) weight, or None
     B,  # (n_cols,) bias, or None
-    Mean,  # (n_rows,) float32 out, LayerNorm only
+    Mean,  # (n_rows,) float32 out, LayerNorm only (None for RMSNorm)
     Rstd,  # (n_rows,) float32 out
     n_rows,
     n_cols,
@@ -110,6 +114,7 @@ def _norm_fwd_single_block_kernel(
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    X_HAT_DTYPE: tl.constexpr,
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
@@ -150,7 +155,7 @@ def _norm_fwd_single_block_kernel(
             pivot = tl.sum(tl.where(cols[None, :] == 0, h, 0.0), axis=1)
         mean_shifted, centred, m2 = _centred(h, mask, pivot, n_cols, IS_RMS)
         rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
-        y = _normalise(centred, rstd, w, b)
+        y = _normalise(centred, rstd, w, b, X_HAT_DTYPE)
         tl.store(Y + out_row[:, None] + cols[None, :], y, mask=mask)
         _store_stats(Mean, Rstd, rows, row_mask, pivot + mean_shifted, rstd, IS_RMS)
 
@@ -170,10 +175,10 @@ def _norm_fwd_looped_kernel(
     X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
     R,  # (n_rows, n_cols) rows of the residual, or None
     H,  # (n_rows, n_cols) contiguous out: h = x + residual, or None
-    Y,  # (n_rows, n_cols) contiguous out, x's dtype
+    Y,  # (n_rows, n_cols) contiguous out, y's dtype
     W,  # (n_cols,) weight, or None
     B,  # (n_cols,) bias, or None
-    Mean,  # (n_rows,) float32 out, LayerNorm only
+    Mean,  # (n_rows,) float32 out, LayerNorm only (None for RMSNorm)
     Rstd,  # (n_rows,) float32 out
     n_rows,
     n_cols,
@@ -194,6 +199,7 @@ def _norm_fwd_looped_kernel(
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    X_HAT_DTYPE: tl.constexpr,
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
@@ -254,9 +260,12 @@ def _norm_fwd_looped_kernel(
             if not IS_RMS:
                 centred = centred - pivot[:, None] - mean_shifted[:, None]
             w, b = _load_affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-            y = _normalise(centred, rstd, w, b)
+            y = _normalise(centred, rstd, w, b, X_HAT_DTYPE)
             tl.store(Y + out_row[:, None] + c[None, :], y, mask=mask)
         _store_stats(Mean, Rstd, rows, row_mask, pivot + mean_shifted, rstd, IS_RMS)
+
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 def norm_fwd(
@@ -270,6 +279,8 @@ def norm_fwd(
     is_rms: bool,
     weight_offset: float = 0.0,
     h_dtype: torch.dtype | None = None,
+    y_dtype: torch.dtype | None = None,
+    x_hat_dtype: torch.dtype | None = None,
     config: NormConfig | None = None,
     target: Target | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -279,21 +290,23 @@ def norm_fwd(
         x: ``(*lead, *norm)`` float16/bfloat16/float32, rows contiguous or copied once.
         residual: same shape as x or None; fused ``h = x + residual`` stored in ``h_dtype``.
         weight, bias: ``norm`` shape (contiguous) or None.
+        y_dtype: dtype of y (None: x's).
+        x_hat_dtype: x_hat is rounded to this dtype before the affine (None: not rounded).
         config: launch config override (tests, reports); default from the heuristics.
 
     Returns:
-        ``(y, h, mean, rstd)``: y ``x.shape`` in x's dtype, contiguous; h likewise in h_dtype
-        (None without residual); mean (LayerNorm; zeros for RMSNorm) and rstd ``(n_rows,)``
-        float32.
+        ``(y, h, mean, rstd)``: y ``x.shape`` in y_dtype, contiguous; h likewise in h_dtype
+        (None without residual); mean and rstd ``(n_rows,)`` float32 (RMSNorm: mean is an
+        empty ``(0,)`` tensor, never written). One kernel launch, no other work (none when
+        there are no rows or columns).
     """
     n_cols = math.prod(x.shape[x.dim() - n_norm_dims :])
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=y_dtype or x.dtype, device=x.device)
     h = None
     if residual is not None:
         h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
-    # RMSNorm has no mean: zeros, which the backward never reads (one fill, RMSNorm only)
-    mean = (torch.zeros if is_rms else torch.empty)(n_rows, dtype=torch.float32, device=x.device)
+    mean = torch.empty(0 if is_rms else n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0 or n_cols == 0:
         mean.zero_()
@@ -315,7 +328,7 @@ def norm_fwd(
             y,
             weight,
             bias,
-            mean,
+            None if is_rms else mean,
             rstd,
             n_rows,
             n_cols,
@@ -330,6 +343,7 @@ def norm_fwd(
             HAS_RESIDUAL=residual is not None,
             HAS_WEIGHT=weight is not None,
             HAS_BIAS=bias is not None,
+            X_HAT_DTYPE=_TL_DTYPES[x_hat_dtype or torch.float32],
             ROWS_PER_TILE=cfg.rows_per_tile,
             BLOCK_N=cfg.block_n,
             ALIGN=vector_align(n_cols, x_layout, r_layout),

@@ -115,7 +115,10 @@ def norm_fwd(
             is_rms=is_rms,
             weight_offset=weight_offset,
             h_dtype=None if residual is None else h_dtype(x, residual, residual_in_fp32),
+            y_dtype=x.dtype,
+            x_hat_dtype=None,
         )
+        mean = torch.zeros_like(rstd) if is_rms else mean  # the op's RMSNorm mean, for now
         return y, x.new_empty(0) if h is None else h, mean, rstd
     h = x.new_empty(0)
     norm_input = x

@@ -60,6 +60,21 @@ def test_single_block_reads_and_writes_each_element_once(interpreted, case):
     assert all(check.passed for check in traffic.structural_checks(case, fwd, bwd))
 
 
+@pytest.mark.parametrize(
+    "case",
+    (traffic.Case(8, 256), traffic.Case(8, 256, is_rms=True, has_bias=False)),
+    ids=lambda c: c.describe(),
+)
+def test_launchers_do_nothing_but_their_launches(interpreted, case):
+    """Forward: exactly one launch, backward: exactly two, and no torch work around them (no
+    fill of a mean RMSNorm does not have)."""
+    for mode, config, launches in (("fwd", forward_config, 1), ("bwd", backward_config, 2)):
+        cfg = config(case.rows, case.cols, case.elem_size, H100)
+        measured = traffic.launcher_traffic(mode, case, cfg, case.rows)
+        assert len(measured.launches) == launches, mode
+        assert measured.eager == [], mode
+
+
 def test_persistent_backward_partials_are_one_row_per_sm(interpreted):
     # 4 "SMs" and 40 one-row tiles: each program walks 10 tiles, and the partial buffers have
     # exactly one float32 row per program.

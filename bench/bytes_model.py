@@ -82,7 +82,6 @@ def bytes_moved(
             weight read, bias read            N*w_es each, once (L2-resident)
             y write                           M*N*es
             mean write (LayerNorm), rstd      M*4 each
-            mean zero-fill (RMSNorm)          M*4 (the launcher's torch.zeros, a memset)
             x (or h) re-read, pass 2          M*N*es (looped rows only)
 
         backward (``x`` is the norm's input: h when fused)::
@@ -113,7 +112,6 @@ def bytes_moved(
         terms["y write"] = tile * elem_size
         terms["mean write"] = 0 if is_rms else stats
         terms["rstd write"] = stats
-        terms["mean zero-fill"] = stats if is_rms else 0
         if not cfg.single_block:
             terms["pass-2 re-read"] = tile * (h_es if fused_residual else elem_size)
         minimum = terms["x read"] + terms["y write"]

@@ -170,7 +170,13 @@ def _recording(launches: list[_Launch]) -> Iterator[None]:
     modules = [
         importlib.import_module(f"layernorm_gpu.kernels.{m}") for m in ("norm_fwd", "norm_bwd")
     ]
-    names = ("_norm_fwd_kernel", "_norm_bwd_kernel", "_sum_partials_kernel")
+    names = (
+        "_norm_fwd_single_block_kernel",
+        "_norm_fwd_looped_kernel",
+        "_norm_bwd_single_block_kernel",
+        "_norm_bwd_looped_kernel",
+        "_sum_partials_kernel",
+    )
     saved = [(m, n, getattr(m, n)) for m in modules for n in names if hasattr(m, n)]
     for module, name, fn in saved:
         setattr(module, name, _LaunchRecorder(fn, launches))
@@ -285,19 +291,17 @@ def _analyse_ptx(
     runtime_args = [name for name, ty in signature.items() if ty != "constexpr"]
     index = {name: i for i, name in enumerate(runtime_args)}
     pointers = {i: name for name, i in index.items() if signature[name].startswith("*")}
-    strides = {i for name, i in index.items() if re.fullmatch(r"\w+_s[012]|N", name)}
+    strides = {i for name, i in index.items() if re.fullmatch(r"\w+_s[012]|n_cols", name)}
     accesses = global_accesses(ptx, set(pointers), strides)
     report.ld_v4 = sum(a.bits == 128 and not a.is_store for a in accesses)
     report.st_v4 = sum(a.bits == 128 and a.is_store for a in accesses)
     for a in accesses:
         if pointers.get(a.pointer) in ROW_TENSORS and (a.narrow_muls or not a.wide_muls):
             report.offsets_64bit = False
-    rows, block_n = kwargs.get("ROWS", 1), kwargs.get("BLOCK_N", 0)
+    rows, block_n = kwargs.get("ROWS_PER_TILE", 1), kwargs.get("BLOCK_N", 0)
     # The looped LayerNorm forward loads one element per row (its pivot) of x and residual
     # besides the tiles.
-    looped_ln = (
-        report.kernel == "_norm_fwd_kernel" and not kwargs["IS_RMS"] and not kwargs["SINGLE_BLOCK"]
-    )
+    looped_ln = report.kernel == "_norm_fwd_looped_kernel" and not kwargs["IS_RMS"]
     pivots = rows if looped_ln else 0
     described = []
     for (pointer, is_store), widths in sorted(
@@ -327,8 +331,8 @@ def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport
     if "BLOCK_P" in kwargs:
         config = f"{kwargs['BLOCK_P']}x{kwargs['BLOCK_N']}"
     else:
-        loop = "" if kwargs["SINGLE_BLOCK"] else " loop"
-        config = f"{kwargs['ROWS']}x{kwargs['BLOCK_N']}{loop}"
+        loop = " loop" if "looped" in launch.fn.__name__ else ""
+        config = f"{kwargs['ROWS_PER_TILE']}x{kwargs['BLOCK_N']}{loop}"
     label = variant.label()
     if launch.fn.__name__ == "_sum_partials_kernel":
         sums = "+".join(g for g in ("dW", "dB") if kwargs[f"COMPUTE_{g.upper()}"])
@@ -370,7 +374,7 @@ def _kernels_interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     module = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
-    return isinstance(module._norm_fwd_kernel, InterpretedFunction)
+    return isinstance(module._norm_fwd_single_block_kernel, InterpretedFunction)
 
 
 def compile_all(

@@ -132,7 +132,7 @@ def require_interpreter() -> None:
     from triton.runtime.interpreter import InterpretedFunction
 
     fwd = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
-    if not isinstance(fwd._norm_fwd_kernel, InterpretedFunction):
+    if not isinstance(fwd._norm_fwd_single_block_kernel, InterpretedFunction):
         raise RuntimeError(
             "the traffic report runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 "
             "before layernorm_gpu's kernels are imported"

@@ -322,7 +322,7 @@ def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traff
         )
     dy = torch.randn(rows, case.cols).to(case.dtype)
     dh = dy.clone() if case.fused_residual else None
-    mean = torch.zeros(rows)
+    mean = torch.zeros(0 if case.is_rms else rows)  # RMSNorm: the forward's empty mean
     rstd = torch.ones(rows)
     return trace(
         lambda: bwd_module.norm_bwd(

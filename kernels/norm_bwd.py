@@ -1,18 +1,21 @@
-"""Backward of LayerNorm and RMSNorm: dX and deterministic dW/dB, kernels and launcher.
+"""Backward of LayerNorm and RMSNorm: dx and deterministic dW/dB, kernels and launcher.
 
-Math (per row, float32), with ``g = dy * (weight + weight_offset)`` (``g = dy`` without weight)::
+The math is :mod:`layernorm_gpu.reference`'s (its module docstring), per row of ``n_cols``
+elements in float32, with ``g = dy * (weight + weight_offset)`` (``g = dy`` without weight)::
 
-    x_hat = (x - mean) * rstd            (RMSNorm: x * rstd)
-    c1    = sum(x_hat * g) / N
-    c2    = sum(g) / N                   (RMSNorm: 0)
-    dx    = (g - x_hat * c1 - c2) * rstd (+ dh_out, the gradient on a fused residual output h)
+    x_hat = (x - mean) * rstd              (RMSNorm: x * rstd)
+    c1    = sum(x_hat * g) / n_cols
+    c2    = sum(g) / n_cols                (RMSNorm: 0)
+    dx    = (g - x_hat * c1 - c2) * rstd   (+ dh, the gradient on a fused residual output h)
     dW    = sum over rows of dy * x_hat
     dB    = sum over rows of dy
 
 dW and dB: each program of a grid of at most one per SM accumulates its rows in float32
-registers and writes one partial row; ``_sum_partials_kernel`` then adds the partial rows
+registers and writes one partial row; :func:`_sum_partials_kernel` then adds the partial rows
 column by column in a fixed order. No atomics, no locks: the same inputs give bitwise-equal
-gradients on every run.
+gradients on every run. Rows up to the single-block width are held whole
+(:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice
+(:func:`_norm_bwd_looped_kernel`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,32 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, backward_config, partial_sum_config
-from .rows import row_layout, row_start, vector_align
+from .rows import row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
+
+
+@triton.jit
+def _tile(
+    Mean,
+    Rstd,
+    first_row,
+    n_rows,
+    x_layout,
+    dy_layout,
+    IS_RMS: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """The tile starting at ``first_row``: its rows, their mask, the offsets of their x and dy
+    rows and their float32 ``(mean, rstd)`` (mean 0 for RMSNorm; both 0 past ``n_rows``)."""
+    rows, row_mask = tile_rows(first_row, n_rows, ROWS_PER_TILE)
+    rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
+    mean = tl.zeros([ROWS_PER_TILE], tl.float32)
+    if not IS_RMS:
+        mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
+    x_row = row_start(rows, x_layout, ALIGN)
+    dy_row = row_start(rows, dy_layout, ALIGN)
+    return rows, row_mask, x_row, dy_row, mean, rstd
 
 
 @triton.jit
@@ -33,10 +60,10 @@ def _x_hat_and_g(
     X,
     DY,
     W,
-    x_offs,
-    dy_offs,
+    x_row,
+    dy_row,
+    row_mask,
     cols,
-    mask,
     col_mask,
     mean,
     rstd,
@@ -44,7 +71,11 @@ def _x_hat_and_g(
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
 ):
-    """float32 ``(x_hat, g, dy)`` of a tile; masked lanes are exactly zero."""
+    """Load x and dy at (the tile's rows) x ``cols``: float32 ``(mask, x_hat, g, dy)``, masked
+    lanes exactly zero."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    x_offs = x_row[:, None] + cols[None, :]
+    dy_offs = dy_row[:, None] + cols[None, :]
     x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
     if IS_RMS:
@@ -56,40 +87,18 @@ def _x_hat_and_g(
         g = dy * w[None, :]
     else:
         g = dy
-    return x_hat, g, dy
+    return mask, x_hat, g, dy
 
 
 @triton.jit
-def _tile_rows(
-    first,
-    M,
-    Mean,
-    Rstd,
-    x_d1,
-    x_d2,
-    x_s0,
-    x_s1,
-    x_s2,
-    dy_d1,
-    dy_d2,
-    dy_s0,
-    dy_s1,
-    dy_s2,
-    IS_RMS: tl.constexpr,
-    ROWS: tl.constexpr,
-    ALIGN: tl.constexpr,
-):
-    """The rows of the tile starting at row ``first``: their mask, the offsets of their x and
-    dy rows, and their float32 (mean, rstd) (mean 0 for RMSNorm; 0 for rows past M)."""
-    rows = first + tl.arange(0, ROWS)
-    row_mask = rows < M
-    rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-    mean = tl.zeros([ROWS], tl.float32)
+def _coefficients(x_hat, g, n_cols, IS_RMS: tl.constexpr):
+    """Per-row ``c1 = sum(x_hat * g) / n_cols`` and ``c2 = sum(g) / n_cols`` of whole rows
+    (RMSNorm: c2 = 0)."""
+    c1 = tl.sum(x_hat * g, axis=1) / n_cols
+    c2 = tl.zeros([g.shape[0]], tl.float32)
     if not IS_RMS:
-        mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
-    x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2, ALIGN)
-    dy_row = row_start(rows, dy_d1, dy_d2, dy_s0, dy_s1, dy_s2, ALIGN)
-    return rows, row_mask, x_row, dy_row, mean, rstd
+        c2 = tl.sum(g, axis=1) / n_cols
+    return c1, c2
 
 
 @triton.jit
@@ -99,42 +108,57 @@ def _store_dx(
     rows,
     cols,
     mask,
-    N,
+    n_cols,
     x_hat,
     g,
     c1,
     c2,
     rstd,
-    dh_d1,
-    dh_d2,
-    dh_s0,
-    dh_s1,
-    dh_s2,
+    dh_layout,
     HAS_DH: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
     """dx = (g - x_hat * c1 - c2) * rstd (+ dh), rounded once to DX's dtype."""
     dx = (g - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
     if HAS_DH:
-        dh_row = row_start(rows, dh_d1, dh_d2, dh_s0, dh_s1, dh_s2, ALIGN)
+        dh_row = row_start(rows, dh_layout, ALIGN)
         dx += tl.load(DH + dh_row[:, None] + cols[None, :], mask=mask, other=0.0)
-    tl.store(DX + rows.to(tl.int64)[:, None] * N + cols[None, :], dx, mask=mask)
+    tl.store(DX + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], dx, mask=mask)
 
 
 @triton.jit
-def _norm_bwd_kernel(
-    X,  # (M, N) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
-    DY,  # (M, N) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
-    DH,  # (M, N) gradient of the fused residual output h, or None
-    DX,  # (M, N) contiguous out, X's dtype
-    W,  # (N,) weight, or None
-    Mean,  # (M,) float32, LayerNorm only
-    Rstd,  # (M,) float32
-    DW_partial,  # (grid, N) float32 out, or None
-    DB_partial,  # (grid, N) float32 out, or None
-    C,  # (2, M) float32 scratch for (c1, c2), looped kernel only
-    M,
-    N,
+def _store_partials(
+    DW_partial,
+    DB_partial,
+    pid,
+    n_cols,
+    cols,
+    col_mask,
+    dw_acc,
+    db_acc,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+):
+    """Row ``pid`` of the dW/dB partials: the column sums of the program's accumulators."""
+    if COMPUTE_DW:
+        tl.store(DW_partial + pid.to(tl.int64) * n_cols + cols, tl.sum(dw_acc, axis=0), col_mask)
+    if COMPUTE_DB:
+        tl.store(DB_partial + pid.to(tl.int64) * n_cols + cols, tl.sum(db_acc, axis=0), col_mask)
+
+
+@triton.jit
+def _norm_bwd_single_block_kernel(
+    X,  # (n_rows, n_cols) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
+    DY,  # (n_rows, n_cols) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
+    DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
+    DX,  # (n_rows, n_cols) contiguous out, X's dtype
+    W,  # (n_cols,) weight, or None
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
+    Rstd,  # (n_rows,) float32
+    DW_partial,  # (grid, n_cols) float32 out, or None
+    DB_partial,  # (grid, n_cols) float32 out, or None
+    n_rows,
+    n_cols,
     x_d1,
     x_d2,
     x_s0,
@@ -157,242 +181,178 @@ def _norm_bwd_kernel(
     HAS_DH: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
-    SINGLE_BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    """One program computes dx for ``tiles_per_program`` tiles of ``ROWS`` rows and writes its
-    row ``pid`` of the dW/dB partials (every program writes its row, even a short one).
+    """Backward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
-    Single block: each tile is read once (x, dy), dx written once, dW/dB in registers.
-    Looped: pass 1 computes c1, c2 per row into ``C``; pass 2 walks column chunks, and for
-    each chunk all the program's rows, so each partial chunk is written once.
+    One program computes dx for ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE``
+    rows, each a ``(ROWS_PER_TILE, BLOCK_N)`` block read once (x, dy) and written once (dx),
+    accumulates dW/dB in registers and writes row ``pid`` of the partials (every program
+    writes its row).
     """
     pid = tl.program_id(0)
-    N = (N // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (see norm_fwd)
+    n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
+    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
+    dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
+    dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
+    first_row = pid * tiles_per_program * ROWS_PER_TILE
     cols = tl.arange(0, BLOCK_N)
-    first_row = pid * tiles_per_program * ROWS
-    if SINGLE_BLOCK:
-        col_mask = cols < N
-        dw_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        for i in range(tiles_per_program):
-            rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                first_row + i * ROWS,
-                M,
-                Mean,
-                Rstd,
-                x_d1,
-                x_d2,
-                x_s0,
-                x_s1,
-                x_s2,
-                dy_d1,
-                dy_d2,
-                dy_s0,
-                dy_s1,
-                dy_s2,
-                IS_RMS,
-                ROWS,
-                ALIGN,
-            )
-            mask = row_mask[:, None] & col_mask[None, :]
-            x_hat, g, dy = _x_hat_and_g(
-                X,
-                DY,
-                W,
-                x_row[:, None] + cols[None, :],
-                dy_row[:, None] + cols[None, :],
-                cols,
-                mask,
-                col_mask,
-                mean,
-                rstd,
-                weight_offset,
-                IS_RMS,
-                HAS_WEIGHT,
-            )
-            c1 = tl.sum(x_hat * g, axis=1) / N
-            c2 = tl.zeros([ROWS], tl.float32)
+    col_mask = cols < n_cols
+    dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+    db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+    for i in range(tiles_per_program):
+        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+            Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+            ROWS_PER_TILE, ALIGN,
+        )  # fmt: skip
+        mask, x_hat, g, dy = _x_hat_and_g(
+            X, DY, W, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, weight_offset,
+            IS_RMS, HAS_WEIGHT,
+        )  # fmt: skip
+        c1, c2 = _coefficients(x_hat, g, n_cols, IS_RMS)
+        _store_dx(
+            DX, DH, rows, cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
+        )
+        if COMPUTE_DW:
+            dw_acc += dy * x_hat
+        if COMPUTE_DB:
+            db_acc += dy
+    _store_partials(
+        DW_partial, DB_partial, pid, n_cols, cols, col_mask, dw_acc, db_acc, COMPUTE_DW, COMPUTE_DB
+    )
+
+
+@triton.jit
+def _norm_bwd_looped_kernel(
+    X,  # (n_rows, n_cols) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
+    DY,  # (n_rows, n_cols) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
+    DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
+    DX,  # (n_rows, n_cols) contiguous out, X's dtype
+    W,  # (n_cols,) weight, or None
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
+    Rstd,  # (n_rows,) float32
+    DW_partial,  # (grid, n_cols) float32 out, or None
+    DB_partial,  # (grid, n_cols) float32 out, or None
+    C,  # (2, n_rows) float32 scratch: c1 and c2 of each row
+    n_rows,
+    n_cols,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    dy_d1,
+    dy_d2,
+    dy_s0,
+    dy_s1,
+    dy_s2,
+    dh_d1,
+    dh_d2,
+    dh_s0,
+    dh_s1,
+    dh_s2,
+    weight_offset,
+    tiles_per_program,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_DH: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """Backward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
+
+    One program handles ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows.
+    Pass 1 walks each tile's chunks and stores its rows' c1, c2 in ``C``; pass 2 walks the
+    column chunks and, for each, all the program's tiles: it writes dx and the chunk of row
+    ``pid`` of the dW/dB partials (each partial chunk written once).
+    """
+    pid = tl.program_id(0)
+    n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
+    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
+    dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
+    dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
+    first_row = pid * tiles_per_program * ROWS_PER_TILE
+    cols = tl.arange(0, BLOCK_N)
+    for i in range(tiles_per_program):
+        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+            Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+            ROWS_PER_TILE, ALIGN,
+        )  # fmt: skip
+        sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
+        sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            c = start + cols
+            _, x_hat, g, _ = _x_hat_and_g(
+                X, DY, W, x_row, dy_row, row_mask, c, c < n_cols, mean, rstd, weight_offset,
+                IS_RMS, HAS_WEIGHT,
+            )  # fmt: skip
+            sum_xg += tl.sum(x_hat * g, axis=1)
             if not IS_RMS:
-                c2 = tl.sum(g, axis=1) / N
+                sum_g += tl.sum(g, axis=1)
+        # c1 and c2 (as _coefficients) of the whole rows
+        tl.store(C + rows, sum_xg / n_cols, mask=row_mask)
+        tl.store(C + n_rows + rows, sum_g / n_cols, mask=row_mask)
+    # pass 2 reads c1, c2 written above by other threads of this program
+    tl.debug_barrier()
+    for start in range(0, n_cols, BLOCK_N):
+        c = start + cols
+        c_mask = c < n_cols
+        dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+        db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+        for i in range(tiles_per_program):
+            rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+                Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+                ROWS_PER_TILE, ALIGN,
+            )  # fmt: skip
+            mask, x_hat, g, dy = _x_hat_and_g(
+                X, DY, W, x_row, dy_row, row_mask, c, c_mask, mean, rstd, weight_offset,
+                IS_RMS, HAS_WEIGHT,
+            )  # fmt: skip
+            c1 = tl.load(C + rows, mask=row_mask, other=0.0)
+            c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
             _store_dx(
-                DX,
-                DH,
-                rows,
-                cols,
-                mask,
-                N,
-                x_hat,
-                g,
-                c1,
-                c2,
-                rstd,
-                dh_d1,
-                dh_d2,
-                dh_s0,
-                dh_s1,
-                dh_s2,
-                HAS_DH,
-                ALIGN,
+                DX, DH, rows, c, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
             )
             if COMPUTE_DW:
                 dw_acc += dy * x_hat
             if COMPUTE_DB:
                 db_acc += dy
-        if COMPUTE_DW:
-            tl.store(
-                DW_partial + pid.to(tl.int64) * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask
-            )
-        if COMPUTE_DB:
-            tl.store(
-                DB_partial + pid.to(tl.int64) * N + cols, tl.sum(db_acc, axis=0), mask=col_mask
-            )
-    else:
-        for i in range(tiles_per_program):
-            rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                first_row + i * ROWS,
-                M,
-                Mean,
-                Rstd,
-                x_d1,
-                x_d2,
-                x_s0,
-                x_s1,
-                x_s2,
-                dy_d1,
-                dy_d2,
-                dy_s0,
-                dy_s1,
-                dy_s2,
-                IS_RMS,
-                ROWS,
-                ALIGN,
-            )
-            sum_xg = tl.zeros([ROWS], tl.float32)
-            sum_g = tl.zeros([ROWS], tl.float32)
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                c_mask = c < N
-                mask = row_mask[:, None] & c_mask[None, :]
-                x_hat, g, dy = _x_hat_and_g(
-                    X,
-                    DY,
-                    W,
-                    x_row[:, None] + c[None, :],
-                    dy_row[:, None] + c[None, :],
-                    c,
-                    mask,
-                    c_mask,
-                    mean,
-                    rstd,
-                    weight_offset,
-                    IS_RMS,
-                    HAS_WEIGHT,
-                )
-                sum_xg += tl.sum(x_hat * g, axis=1)
-                if not IS_RMS:
-                    sum_g += tl.sum(g, axis=1)
-            tl.store(C + rows, sum_xg / N, mask=row_mask)
-            tl.store(C + M + rows, sum_g / N, mask=row_mask)
-        # pass 2 reads c1, c2 written above by other threads of this program
-        tl.debug_barrier()
-        for start in range(0, N, BLOCK_N):
-            c = start + cols
-            c_mask = c < N
-            dw_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-            db_acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-            for i in range(tiles_per_program):
-                rows, row_mask, x_row, dy_row, mean, rstd = _tile_rows(
-                    first_row + i * ROWS,
-                    M,
-                    Mean,
-                    Rstd,
-                    x_d1,
-                    x_d2,
-                    x_s0,
-                    x_s1,
-                    x_s2,
-                    dy_d1,
-                    dy_d2,
-                    dy_s0,
-                    dy_s1,
-                    dy_s2,
-                    IS_RMS,
-                    ROWS,
-                    ALIGN,
-                )
-                mask = row_mask[:, None] & c_mask[None, :]
-                x_hat, g, dy = _x_hat_and_g(
-                    X,
-                    DY,
-                    W,
-                    x_row[:, None] + c[None, :],
-                    dy_row[:, None] + c[None, :],
-                    c,
-                    mask,
-                    c_mask,
-                    mean,
-                    rstd,
-                    weight_offset,
-                    IS_RMS,
-                    HAS_WEIGHT,
-                )
-                c1 = tl.load(C + rows, mask=row_mask, other=0.0)
-                c2 = tl.load(C + M + rows, mask=row_mask, other=0.0)
-                _store_dx(
-                    DX,
-                    DH,
-                    rows,
-                    c,
-                    mask,
-                    N,
-                    x_hat,
-                    g,
-                    c1,
-                    c2,
-                    rstd,
-                    dh_d1,
-                    dh_d2,
-                    dh_s0,
-                    dh_s1,
-                    dh_s2,
-                    HAS_DH,
-                    ALIGN,
-                )
-                if COMPUTE_DW:
-                    dw_acc += dy * x_hat
-                if COMPUTE_DB:
-                    db_acc += dy
-            if COMPUTE_DW:
-                tl.store(DW_partial + pid.to(tl.int64) * N + c, tl.sum(dw_acc, axis=0), mask=c_mask)
-            if COMPUTE_DB:
-                tl.store(DB_partial + pid.to(tl.int64) * N + c, tl.sum(db_acc, axis=0), mask=c_mask)
+        _store_partials(
+            DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc, COMPUTE_DW, COMPUTE_DB
+        )
 
 
 @triton.jit
 def _sum_partials_kernel(
-    DW_partial,  # (P, N) float32, or None
-    DB_partial,  # (P, N) float32, or None
-    DW,  # (N,) out, weight's dtype
-    DB,  # (N,) out, bias's dtype
-    P,
-    N,
+    DW_partial,  # (n_partials, n_cols) float32, or None
+    DB_partial,  # (n_partials, n_cols) float32, or None
+    DW,  # (n_cols,) out, weight's dtype
+    DB,  # (n_cols,) out, bias's dtype
+    n_partials,
+    n_cols,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program sums ``BLOCK_N`` columns of the partial rows, in row order, in float32."""
+    """dW = sum of the rows of DW_partial (and dB likewise), the second backward launch.
+
+    One program sums ``BLOCK_N`` columns of all ``n_partials`` rows, ``BLOCK_P`` rows at a
+    time in row order, in float32: the same partials give bitwise-equal sums.
+    """
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
+    col_mask = cols < n_cols
     dw = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
     db = tl.zeros([BLOCK_P, BLOCK_N], tl.float32)
-    for p0 in range(0, P, BLOCK_P):
+    for p0 in range(0, n_partials, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        mask = (p < P)[:, None] & col_mask[None, :]
-        offs = p.to(tl.int64)[:, None] * N + cols[None, :]
+        mask = (p < n_partials)[:, None] & col_mask[None, :]
+        offs = p.to(tl.int64)[:, None] * n_cols + cols[None, :]
         if COMPUTE_DW:
             dw += tl.load(DW_partial + offs, mask=mask, other=0.0)
         if COMPUTE_DB:
@@ -424,7 +384,8 @@ def norm_bwd(
     Args:
         dy: gradient of y, ``x.shape``, any strides.
         x: the forward's input of the norm (h when fused), ``(*lead, *norm)``.
-        weight: ``norm`` shape or None. mean, rstd: ``(M,)`` float32 from the forward.
+        weight: ``norm`` shape or None. mean, rstd: ``(n_rows,)`` float32 from the forward
+            (RMSNorm: mean is not read, and may be empty).
         dh: gradient of the fused residual output h (added to dx), or None.
         dweight_dtype / dbias_dtype: dtype of dW / dB, or None to skip that gradient.
 
@@ -460,42 +421,42 @@ def norm_bwd(
     for name, grad in (("dw", dweight), ("db", dbias)):
         if grad is not None:
             partial[name] = torch.empty((cfg.grid, n_cols), dtype=torch.float32, device=device)
-    scratch = None
-    if not cfg.single_block:
-        scratch = torch.empty((2, n_rows), dtype=torch.float32, device=device)
+    layouts = (
+        x_layout.d1,
+        x_layout.d2,
+        *x_layout.strides,
+        dy_layout.d1,
+        dy_layout.d2,
+        *dy_layout.strides,
+        *dh_args,
+    )
+    constexprs = dict(
+        IS_RMS=is_rms,
+        HAS_WEIGHT=weight is not None,
+        HAS_DH=dh is not None,
+        COMPUTE_DW=dweight is not None,
+        COMPUTE_DB=dbias is not None,
+        ROWS_PER_TILE=cfg.rows_per_tile,
+        BLOCK_N=cfg.block_n,
+        ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
+        num_warps=cfg.num_warps,
+    )
+    # RMSNorm has no mean (the forward returns an empty one): the kernels never read it
+    mean = None if is_rms else mean
+    tensors = (x, dy, dh, dx, weight, mean, rstd, partial.get("dw"), partial.get("db"))
+    # the looped kernel keeps each row's (c1, c2) between its two passes
+    scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)
+    kernel = _norm_bwd_single_block_kernel if cfg.single_block else _norm_bwd_looped_kernel
     with launch_guard(device):
-        _norm_bwd_kernel[(cfg.grid,)](
-            x,
-            dy,
-            dh,
-            dx,
-            weight,
-            mean,
-            rstd,
-            partial.get("dw"),
-            partial.get("db"),
-            scratch,
+        kernel[(cfg.grid,)](
+            *tensors,
+            *scratch,
             n_rows,
             n_cols,
-            x_layout.d1,
-            x_layout.d2,
-            *x_layout.strides,
-            dy_layout.d1,
-            dy_layout.d2,
-            *dy_layout.strides,
-            *dh_args,
+            *layouts,
             weight_offset,
             cfg.tiles_per_program,
-            IS_RMS=is_rms,
-            HAS_WEIGHT=weight is not None,
-            HAS_DH=dh is not None,
-            COMPUTE_DW=dweight is not None,
-            COMPUTE_DB=dbias is not None,
-            SINGLE_BLOCK=cfg.single_block,
-            ROWS=cfg.rows_per_tile,
-            BLOCK_N=cfg.block_n,
-            ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
-            num_warps=cfg.num_warps,
+            **constexprs,
         )
         if partial:
             red = partial_sum_config(cfg.grid, n_cols)

@@ -1,19 +1,18 @@
-"""Forward of LayerNorm and RMSNorm (optionally fused with a residual add): kernel and launcher.
+"""Forward of LayerNorm and RMSNorm (optionally fused with a residual add): kernels and launcher.
 
-Math (per row ``s`` of ``N`` elements, all in float32 whatever the I/O dtype)::
+The math is :mod:`layernorm_gpu.reference`'s (its module docstring), per row of ``n_cols``
+elements in float32 whatever the I/O dtype, with the fused add first::
 
-    h      = x + residual            (only with a residual; rounded to h's dtype, stored)
-    mean   = sum(h) / N              (LayerNorm; RMSNorm has no mean)
-    var    = sum((h - mean)^2) / N   (RMSNorm: sum(h^2) / N)
-    rstd   = 1 / sqrt(var + eps)
-    x_hat  = (h - mean) * rstd
-    y      = x_hat * (weight + weight_offset) + bias
+    h      = x + residual           (only with a residual; rounded to h's dtype and stored)
+    x_hat  = (h - mean) * rstd      (the reference's mean, centred variance and rstd)
+    y      = round(x_hat, x_hat_dtype) * (weight + weight_offset) + bias, stored in y's dtype
 
-The mean is taken on ``h - pivot`` with ``pivot = h[s, 0]``: a constant row then has a centred
-value of exactly zero (so ``y == bias`` exactly), and rows offset far from zero lose no bits
-before the centred variance. Rows up to the single-block width are read once and kept in
-registers; wider rows are merged chunk by chunk (Chan's parallel variance) and re-read once
-for the output.
+``x_hat_dtype`` is the rounding point of the casting conventions (none by default: x_hat stays
+float32); it, y's dtype and the fused add are the only roundings.
+
+Two kernels share the helpers below: rows up to the single-block width are read once and kept
+in registers (:func:`_norm_fwd_single_block_kernel`); wider rows are merged chunk by chunk
+(Chan's parallel variance) and re-read once for y (:func:`_norm_fwd_looped_kernel`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, forward_config
-from .rows import row_layout, row_start, vector_align
+from .rows import row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
 
 
@@ -56,17 +55,48 @@ def _load_affine(
 
 
 @triton.jit
-def _norm_fwd_kernel(
-    X,  # (M, N) rows of x, addressed through (x_d1, x_d2, x_s*)
-    R,  # (M, N) rows of the residual, or None
-    H,  # (M, N) contiguous out: h = x + residual, or None
-    Y,  # (M, N) contiguous out, x's dtype
-    W,  # (N,) weight, or None
-    B,  # (N,) bias, or None
-    Mean,  # (M,) float32 out, LayerNorm only
-    Rstd,  # (M,) float32 out
-    M,
-    N,
+def _centred(h, mask, pivot, count, IS_RMS: tl.constexpr):
+    """``(mean_shifted, centred, m2)`` of a ``(ROWS_PER_TILE, BLOCK_N)`` tile of ``count``
+    valid columns: the mean of ``h - pivot``, the centred values (zero where masked) and the
+    sum of their squares. RMSNorm: no mean, ``centred = h`` (masked lanes load as zero)."""
+    if IS_RMS:
+        mean_shifted = tl.zeros([h.shape[0]], tl.float32)
+        centred = h
+    else:
+        shifted = tl.where(mask, h - pivot[:, None], 0.0)
+        mean_shifted = tl.sum(shifted, axis=1) / count
+        centred = tl.where(mask, shifted - mean_shifted[:, None], 0.0)
+    return mean_shifted, centred, tl.sum(centred * centred, axis=1)
+
+
+@triton.jit
+def _normalise(centred, rstd, w, b, X_HAT_DTYPE: tl.constexpr):
+    """``y = round(x_hat, X_HAT_DTYPE) * w + b`` in float32, ``x_hat = centred * rstd`` (the
+    casting conventions' rounding point; ``X_HAT_DTYPE = float32``: no rounding)."""
+    x_hat = (centred * rstd[:, None]).to(X_HAT_DTYPE).to(tl.float32)
+    return x_hat * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _store_stats(Mean, Rstd, rows, row_mask, mean, rstd, IS_RMS: tl.constexpr):
+    """Mean (LayerNorm only: RMSNorm has none) and rstd of the tile's rows."""
+    if not IS_RMS:
+        tl.store(Mean + rows, mean, mask=row_mask)
+    tl.store(Rstd + rows, rstd, mask=row_mask)
+
+
+@triton.jit
+def _norm_fwd_single_block_kernel(
+    X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
+    R,  # (n_rows, n_cols) rows of the residual, or None
+    H,  # (n_rows, n_cols) contiguous out: h = x + residual, or None
+    Y,  # (n_rows, n_cols) contiguous out, y's dtype
+    W,  # (n_cols,) weight, or None
+    B,  # (n_cols,) bias, or None
+    Mean,  # (n_rows,) float32 out, LayerNorm only (None for RMSNorm)
+    Rstd,  # (n_rows,) float32 out
+    n_rows,
+    n_cols,
     x_d1,
     x_d2,
     x_s0,
@@ -84,117 +114,158 @@ def _norm_fwd_kernel(
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    SINGLE_BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
+    X_HAT_DTYPE: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    """One program normalises ``tiles_per_program`` consecutive tiles of ``ROWS`` rows.
+    """Forward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
-    Single block: a tile is ``(ROWS, BLOCK_N >= N)``, x read once, y written once. Looped:
-    pass 1 merges per-chunk (mean, M2) of ``BLOCK_N`` columns (Chan), storing h if fused;
-    pass 2 re-reads x (or h) and writes y. Writes mean (LayerNorm) and rstd per row.
+    One program normalises ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows,
+    each a ``(ROWS_PER_TILE, BLOCK_N)`` block in registers: x (and residual) read once, y (and
+    h) written once, one mean (LayerNorm) and rstd per row. The mean is taken on
+    ``h - h[:, 0]``, so a constant row centres to exactly zero.
     """
     pid = tl.program_id(0)
-    if SINGLE_BLOCK:
-        # N is a multiple of ALIGN: written so the compiler sees it, the column masks then come
-        # in whole vectors and the loads stay 128-bit. (Not in the looped kernel: there it made
-        # ptxas use an 8-byte stack frame for the fused float32 forward on sm_90.)
-        N = (N // ALIGN) * ALIGN
-    cols = tl.arange(0, BLOCK_N)
+    # n_cols is a multiple of ALIGN: written so the compiler sees it, the column masks then
+    # come in whole vectors and the loads stay 128-bit. (Not in the looped kernel: there it
+    # made ptxas use an 8-byte stack frame for the fused float32 forward on sm_90.)
+    n_cols = (n_cols // ALIGN) * ALIGN
+    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
+    r_layout = (r_d1, r_d2, r_s0, r_s1, r_s2)
     h_dtype = H.dtype.element_ty if HAS_RESIDUAL else tl.float32
-    if SINGLE_BLOCK:
-        col_mask = cols < N
-        w, b = _load_affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    w, b = _load_affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
     for i in range(tiles_per_program):
-        rows = (pid * tiles_per_program + i) * ROWS + tl.arange(0, ROWS)
-        row_mask = rows < M
-        x_row = row_start(rows, x_d1, x_d2, x_s0, x_s1, x_s2, ALIGN)
-        r_row = row_start(rows, r_d1, r_d2, r_s0, r_s1, r_s2, ALIGN)
-        out_row = rows.to(tl.int64) * N
-        pivot = tl.zeros([ROWS], tl.float32)
-        if SINGLE_BLOCK:
-            mask = row_mask[:, None] & col_mask[None, :]
-            h = _load_h(
-                X,
-                R,
-                x_row[:, None] + cols[None, :],
-                r_row[:, None] + cols[None, :],
-                mask,
-                HAS_RESIDUAL,
-                h_dtype,
-            )
-            if HAS_RESIDUAL:
-                tl.store(H + out_row[:, None] + cols[None, :], h, mask=mask)
-            if IS_RMS:
-                var = tl.sum(h * h, axis=1) / N
-                centred = h
-            else:
-                # h[:, 0] taken from registers, so x is still read exactly once
-                pivot = tl.sum(tl.where(cols[None, :] == 0, h, 0.0), axis=1)
-                shifted = tl.where(mask, h - pivot[:, None], 0.0)
-                mean_shifted = tl.sum(shifted, axis=1) / N
-                centred = tl.where(mask, shifted - mean_shifted[:, None], 0.0)
-                var = tl.sum(centred * centred, axis=1) / N
-            rstd = 1.0 / tl.sqrt(var + eps)
-            x_hat = centred * rstd[:, None]
-            y = x_hat * w[None, :] + b[None, :]
-            tl.store(Y + out_row[:, None] + cols[None, :], y, mask=mask)
-        else:
-            if not IS_RMS:
-                # one element per row (and wide rows): a negligible re-read of x
-                pivot = _load_h(X, R, x_row, r_row, row_mask, HAS_RESIDUAL, h_dtype)
-            count = 0.0
-            mean_shifted = tl.zeros([ROWS], tl.float32)
-            m2 = tl.zeros([ROWS], tl.float32)
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                mask = row_mask[:, None] & (c < N)[None, :]
-                h = _load_h(
-                    X,
-                    R,
-                    x_row[:, None] + c[None, :],
-                    r_row[:, None] + c[None, :],
-                    mask,
-                    HAS_RESIDUAL,
-                    h_dtype,
-                )
-                if HAS_RESIDUAL:
-                    tl.store(H + out_row[:, None] + c[None, :], h, mask=mask)
-                if IS_RMS:
-                    m2 += tl.sum(h * h, axis=1)
-                else:
-                    n_chunk = tl.minimum(N - start, BLOCK_N).to(tl.float32)
-                    shifted = tl.where(mask, h - pivot[:, None], 0.0)
-                    mean_chunk = tl.sum(shifted, axis=1) / n_chunk
-                    centred = tl.where(mask, shifted - mean_chunk[:, None], 0.0)
-                    m2_chunk = tl.sum(centred * centred, axis=1)
-                    total = count + n_chunk
-                    delta = mean_chunk - mean_shifted
-                    mean_shifted += delta * (n_chunk / total)
-                    m2 += m2_chunk + delta * delta * (count * n_chunk / total)
-                    count = total
-            rstd = 1.0 / tl.sqrt(m2 / N + eps)
-            if HAS_RESIDUAL:
-                # pass 2 reads back h written above by other threads of this program
-                tl.debug_barrier()
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                c_mask = c < N
-                mask = row_mask[:, None] & c_mask[None, :]
-                if HAS_RESIDUAL:
-                    h = tl.load(H + out_row[:, None] + c[None, :], mask=mask, other=0.0)
-                else:
-                    h = tl.load(X + x_row[:, None] + c[None, :], mask=mask, other=0.0)
-                h = h.to(tl.float32)
-                if not IS_RMS:
-                    h = h - pivot[:, None] - mean_shifted[:, None]
-                w, b = _load_affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-                y = h * rstd[:, None] * w[None, :] + b[None, :]
-                tl.store(Y + out_row[:, None] + c[None, :], y, mask=mask)
+        rows, row_mask = tile_rows(
+            (pid * tiles_per_program + i) * ROWS_PER_TILE, n_rows, ROWS_PER_TILE
+        )
+        mask = row_mask[:, None] & col_mask[None, :]
+        x_row = row_start(rows, x_layout, ALIGN)
+        r_row = row_start(rows, r_layout, ALIGN)
+        out_row = rows.to(tl.int64) * n_cols
+        x_offs = x_row[:, None] + cols[None, :]
+        h = _load_h(X, R, x_offs, r_row[:, None] + cols[None, :], mask, HAS_RESIDUAL, h_dtype)
+        if HAS_RESIDUAL:
+            tl.store(H + out_row[:, None] + cols[None, :], h, mask=mask)
+        pivot = tl.zeros([ROWS_PER_TILE], tl.float32)
         if not IS_RMS:
-            tl.store(Mean + rows, pivot + mean_shifted, mask=row_mask)
-        tl.store(Rstd + rows, rstd, mask=row_mask)
+            # h[:, 0] taken from registers, so x is still read exactly once
+            pivot = tl.sum(tl.where(cols[None, :] == 0, h, 0.0), axis=1)
+        mean_shifted, centred, m2 = _centred(h, mask, pivot, n_cols, IS_RMS)
+        rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
+        y = _normalise(centred, rstd, w, b, X_HAT_DTYPE)
+        tl.store(Y + out_row[:, None] + cols[None, :], y, mask=mask)
+        _store_stats(Mean, Rstd, rows, row_mask, pivot + mean_shifted, rstd, IS_RMS)
+
+
+@triton.jit
+def _chan_merge(count, mean, m2, n_chunk, mean_chunk, m2_chunk):
+    """Merge a chunk's (count, mean, m2) into the running ones (Chan et al.)."""
+    total = count + n_chunk
+    delta = mean_chunk - mean
+    mean += delta * (n_chunk / total)
+    m2 += m2_chunk + delta * delta * (count * n_chunk / total)
+    return total, mean, m2
+
+
+@triton.jit
+def _norm_fwd_looped_kernel(
+    X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
+    R,  # (n_rows, n_cols) rows of the residual, or None
+    H,  # (n_rows, n_cols) contiguous out: h = x + residual, or None
+    Y,  # (n_rows, n_cols) contiguous out, y's dtype
+    W,  # (n_cols,) weight, or None
+    B,  # (n_cols,) bias, or None
+    Mean,  # (n_rows,) float32 out, LayerNorm only (None for RMSNorm)
+    Rstd,  # (n_rows,) float32 out
+    n_rows,
+    n_cols,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    r_d1,
+    r_d2,
+    r_s0,
+    r_s1,
+    r_s2,
+    eps,
+    weight_offset,
+    tiles_per_program,
+    IS_RMS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_HAT_DTYPE: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """Forward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
+
+    One program normalises ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows.
+    Pass 1 reads each chunk of x (and residual), storing h when fused, and merges the
+    chunks' (mean, m2) (Chan); pass 2 re-reads x (or h) and writes y. The mean is taken on
+    ``h - h[:, 0]`` (one extra element per row read), so a constant row centres to zero.
+    """
+    pid = tl.program_id(0)
+    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
+    r_layout = (r_d1, r_d2, r_s0, r_s1, r_s2)
+    h_dtype = H.dtype.element_ty if HAS_RESIDUAL else tl.float32
+    cols = tl.arange(0, BLOCK_N)
+    for i in range(tiles_per_program):
+        rows, row_mask = tile_rows(
+            (pid * tiles_per_program + i) * ROWS_PER_TILE, n_rows, ROWS_PER_TILE
+        )
+        x_row = row_start(rows, x_layout, ALIGN)
+        r_row = row_start(rows, r_layout, ALIGN)
+        out_row = rows.to(tl.int64) * n_cols
+        pivot = tl.zeros([ROWS_PER_TILE], tl.float32)
+        if not IS_RMS:
+            pivot = _load_h(X, R, x_row, r_row, row_mask, HAS_RESIDUAL, h_dtype)
+        count = 0.0
+        mean_shifted = tl.zeros([ROWS_PER_TILE], tl.float32)
+        m2 = tl.zeros([ROWS_PER_TILE], tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            c = start + cols
+            mask = row_mask[:, None] & (c < n_cols)[None, :]
+            x_offs = x_row[:, None] + c[None, :]
+            h = _load_h(X, R, x_offs, r_row[:, None] + c[None, :], mask, HAS_RESIDUAL, h_dtype)
+            if HAS_RESIDUAL:
+                tl.store(H + out_row[:, None] + c[None, :], h, mask=mask)
+            n_chunk = tl.minimum(n_cols - start, BLOCK_N).to(tl.float32)
+            mean_chunk, _, m2_chunk = _centred(h, mask, pivot, n_chunk, IS_RMS)
+            if IS_RMS:
+                m2 += m2_chunk
+            else:
+                count, mean_shifted, m2 = _chan_merge(
+                    count, mean_shifted, m2, n_chunk, mean_chunk, m2_chunk
+                )
+        rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
+        if HAS_RESIDUAL:
+            # pass 2 reads back h written above by other threads of this program
+            tl.debug_barrier()
+        for start in range(0, n_cols, BLOCK_N):
+            c = start + cols
+            c_mask = c < n_cols
+            mask = row_mask[:, None] & c_mask[None, :]
+            if HAS_RESIDUAL:
+                h = tl.load(H + out_row[:, None] + c[None, :], mask=mask, other=0.0)
+            else:
+                h = tl.load(X + x_row[:, None] + c[None, :], mask=mask, other=0.0)
+            centred = h.to(tl.float32)
+            if not IS_RMS:
+                centred = centred - pivot[:, None] - mean_shifted[:, None]
+            w, b = _load_affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+            y = _normalise(centred, rstd, w, b, X_HAT_DTYPE)
+            tl.store(Y + out_row[:, None] + c[None, :], y, mask=mask)
+        _store_stats(Mean, Rstd, rows, row_mask, pivot + mean_shifted, rstd, IS_RMS)
+
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 def norm_fwd(
@@ -219,21 +290,22 @@ def norm_fwd(
         x: ``(*lead, *norm)`` float16/bfloat16/float32, rows contiguous or copied once.
         residual: same shape as x or None; fused ``h = x + residual`` stored in ``h_dtype``.
         weight, bias: ``norm`` shape (contiguous) or None.
+        y_dtype: dtype of y (None: x's).
+        x_hat_dtype: x_hat is rounded to this dtype before the affine (None: not rounded).
         config: launch config override (tests, reports); default from the heuristics.
 
     Returns:
-        ``(y, h, mean, rstd)``: y ``x.shape`` in x's dtype, contiguous; h likewise in h_dtype
-        (None without residual); mean (LayerNorm; zeros for RMSNorm) and rstd ``(M,)`` float32.
+        ``(y, h, mean, rstd)``: y ``x.shape`` in y_dtype, contiguous; h likewise in h_dtype
+        (None without residual); mean and rstd ``(n_rows,)`` float32 (RMSNorm: mean is an
+        empty ``(0,)`` tensor, never written). One kernel launch, no other work (none when
+        there are no rows or columns).
     """
     n_cols = math.prod(x.shape[x.dim() - n_norm_dims :])
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
-    if x_hat_dtype is not None:
-        raise NotImplementedError("the kernels do not round x_hat yet (casting='torch' only)")
     y = torch.empty(x.shape, dtype=y_dtype or x.dtype, device=x.device)
     h = None
     if residual is not None:
         h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
-    # RMSNorm has no mean: an empty tensor the kernels never touch
     mean = torch.empty(0 if is_rms else n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0 or n_cols == 0:
@@ -248,14 +320,15 @@ def norm_fwd(
         n_rows, n_cols, x.element_size(), target or device_target(x.device)
     )
     with launch_guard(x.device):
-        _norm_fwd_kernel[(cfg.grid,)](
+        kernel = _norm_fwd_single_block_kernel if cfg.single_block else _norm_fwd_looped_kernel
+        kernel[(cfg.grid,)](
             x,
             residual,
             h,
             y,
             weight,
             bias,
-            mean,
+            None if is_rms else mean,
             rstd,
             n_rows,
             n_cols,
@@ -270,8 +343,8 @@ def norm_fwd(
             HAS_RESIDUAL=residual is not None,
             HAS_WEIGHT=weight is not None,
             HAS_BIAS=bias is not None,
-            SINGLE_BLOCK=cfg.single_block,
-            ROWS=cfg.rows_per_tile,
+            X_HAT_DTYPE=_TL_DTYPES[x_hat_dtype or torch.float32],
+            ROWS_PER_TILE=cfg.rows_per_tile,
             BLOCK_N=cfg.block_n,
             ALIGN=vector_align(n_cols, x_layout, r_layout),
             num_warps=cfg.num_warps,

@@ -90,14 +90,24 @@ def vector_align(n_cols: int, *layouts: RowLayout | None) -> int:
 
 
 @triton.jit
-def row_start(rows, d1, d2, s0, s1, s2, ALIGN: tl.constexpr):
+def tile_rows(first_row, n_rows, ROWS_PER_TILE: tl.constexpr):
+    """The ``ROWS_PER_TILE`` rows of the tile starting at ``first_row``, and their mask
+    ``rows < n_rows``."""
+    rows = first_row + tl.arange(0, ROWS_PER_TILE)
+    return rows, rows < n_rows
+
+
+@triton.jit
+def row_start(rows, layout, ALIGN: tl.constexpr):
     """Element offset (int64) of the first element of each row in ``rows``.
 
-    Unravels ``rows`` over the leading dims ``(D0, d1, d2)`` of a :class:`RowLayout`. The
-    arithmetic is int64 so ``row * stride`` cannot wrap past 2**31 elements. Every stride is a
-    multiple of ``ALIGN`` (:func:`vector_align`); ``(s // ALIGN) * ALIGN`` (a shift, once per
-    tile) is how the compiler learns it, so that loads from the rows stay 128-bit.
+    ``layout`` is ``(d1, d2, s0, s1, s2)``, a :class:`RowLayout` as kernel arguments: ``rows``
+    is unravelled over the leading dims ``(D0, d1, d2)``. The arithmetic is int64 so
+    ``row * stride`` cannot wrap past 2**31 elements. Every stride is a multiple of ``ALIGN``
+    (:func:`vector_align`); ``(s // ALIGN) * ALIGN`` (a shift, once per tile) is how the
+    compiler learns it, so that loads from the rows stay 128-bit.
     """
+    d1, d2, s0, s1, s2 = layout
     rows = rows.to(tl.int64)
     i2 = rows % d2
     rest = rows // d2

@@ -20,7 +20,7 @@ import torch
 
 from bench import compile_report, trace, traffic
 from bench.bytes_model import bytes_moved
-from layernorm_gpu.kernels.heuristics import H100, Target, backward_config
+from layernorm_gpu.kernels.heuristics import H100, Target, backward_config, forward_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_single_block_reads_and_writes_each_element_once(interpreted, case):
     fwd, bwd = traffic.op_traffic(case)
     elems = case.rows * case.cols
     # The forward: one launch; x (and residual) read once, y (and h) written once.
-    assert [lc.kernel for lc in fwd.launches] == ["_norm_fwd_kernel"]
+    assert [lc.kernel for lc in fwd.launches] == ["_norm_fwd_single_block_kernel"]
     assert fwd.get("x").loads_per_element == {1: elems}
     assert fwd.get("x").loaded == elems * case.elem_size
     assert fwd.get("y").stores_per_element == {1: elems}
@@ -49,12 +49,30 @@ def test_single_block_reads_and_writes_each_element_once(interpreted, case):
         assert fwd.get("h").stores_per_element == {1: elems}
     # The backward: the main kernel and the partial sum; x (h when fused) and dy read once,
     # dx written once.
-    assert [lc.kernel for lc in bwd.launches] == ["_norm_bwd_kernel", "_sum_partials_kernel"]
+    assert [lc.kernel for lc in bwd.launches] == [
+        "_norm_bwd_single_block_kernel",
+        "_sum_partials_kernel",
+    ]
     for role in ("x", "dy"):
         assert bwd.get(role).loads_per_element == {1: elems}, role
     assert bwd.get("dx").stores_per_element == {1: elems}
     assert fwd.unattributed_bytes == bwd.unattributed_bytes == 0
     assert all(check.passed for check in traffic.structural_checks(case, fwd, bwd))
+
+
+@pytest.mark.parametrize(
+    "case",
+    (traffic.Case(8, 256), traffic.Case(8, 256, is_rms=True, has_bias=False)),
+    ids=lambda c: c.describe(),
+)
+def test_launchers_do_nothing_but_their_launches(interpreted, case):
+    """Forward: exactly one launch, backward: exactly two, and no torch work around them (no
+    fill of a mean RMSNorm does not have)."""
+    for mode, config, launches in (("fwd", forward_config, 1), ("bwd", backward_config, 2)):
+        cfg = config(case.rows, case.cols, case.elem_size, H100)
+        measured = traffic.launcher_traffic(mode, case, cfg, case.rows)
+        assert len(measured.launches) == launches, mode
+        assert measured.eager == [], mode
 
 
 def test_persistent_backward_partials_are_one_row_per_sm(interpreted):
@@ -126,7 +144,10 @@ def compiled() -> dict[tuple[str, str], compile_report.KernelReport]:
 
 
 def _report(compiled, variant: compile_report.Variant) -> compile_report.KernelReport:
-    kernel = "_norm_fwd_kernel" if variant.op == "fwd" else "_norm_bwd_kernel"
+    config = forward_config if variant.op == "fwd" else backward_config
+    elem_size = compile_report.DTYPES[variant.dtype].itemsize
+    single = config(variant.rows, variant.cols, elem_size).single_block
+    kernel = f"_norm_{variant.op}_{'single_block' if single else 'looped'}_kernel"
     report = compiled[(kernel, variant.label())]
     assert not report.error, report.error
     return report

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from helpers import KERNEL_DTYPES, assert_close, make_input
+from helpers import KERNEL_DTYPES, assert_close, make_input, tolerance
 from layernorm_gpu import kernels, ops
 from layernorm_gpu.dtypes import h_dtype as h_dtype_of
 from layernorm_gpu.kernels.rows import row_layout, vector_align
@@ -53,6 +53,9 @@ def _run(
         h_dtype=h_dtype,
         config=fwd_config,
     )
+    if is_rms:
+        # RMSNorm has no mean: an empty float32 tensor, never written (no fill, one launch)
+        assert mean.shape == (0,) and mean.dtype == torch.float32
     dx, dweight, dbias = kernels.norm_bwd(
         dy,
         x if h is None else h,
@@ -67,7 +70,7 @@ def _run(
         dbias_dtype=None if bias is None else bias.dtype,
         config=bwd_config,
     )
-    return y, h, mean, rstd, dx, dweight, dbias
+    return y, h, None if is_rms else mean, rstd, dx, dweight, dbias
 
 
 def _expected(
@@ -207,6 +210,73 @@ def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.N
         grid=math.ceil(tiles / 2),
         tiles_per_program=2,
     )
+
+
+def _casting(mode: str, x: torch.Tensor, weight: torch.Tensor) -> tuple:
+    """``(y_dtype, x_hat_dtype)`` of a casting convention (the BRIEF's contract 4)."""
+    if mode == "torch":
+        return x.dtype, None
+    if mode == "llama":
+        return torch.promote_types(x.dtype, weight.dtype), x.dtype
+    if weight.dtype in (torch.float16, torch.bfloat16):  # t5
+        return weight.dtype, weight.dtype
+    return torch.promote_types(torch.promote_types(x.dtype, torch.float32), weight.dtype), None
+
+
+def _y_with_rounded_x_hat(x, weight, bias, *, is_rms, eps, x_hat_dtype, y):
+    """The float64 oracle of y with x_hat rounded to ``x_hat_dtype`` before the affine.
+
+    The kernels round their float32 x_hat, which lies within the float32 tolerance of the
+    exact one; rounding is monotone, so their rounded x_hat lies between the roundings of that
+    window's ends. Where the two agree (almost everywhere) the oracle is exact; elsewhere it is
+    the interval between them, and the expected value is ``y`` clamped into it.
+    """
+    xd = x.double()
+    centred = xd if is_rms else xd - xd.mean(dim=-1, keepdim=True)
+    x_hat = centred * torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + eps)
+    w, b = weight.double(), 0.0 if bias is None else bias.double()
+    if x_hat_dtype is None:
+        return x_hat * w + b
+    atol, rtol = tolerance(torch.float32)
+    window = atol + rtol * x_hat.abs()
+    ends = [(x_hat + d).to(x_hat_dtype).double() * w + b for d in (-window, window)]
+    low, high = torch.minimum(*ends), torch.maximum(*ends)
+    return torch.minimum(torch.maximum(y.double(), low), high)
+
+
+@pytest.mark.parametrize("mode", ("torch", "llama", "t5"))
+@pytest.mark.parametrize("is_rms", (False, True), ids=("LN", "RMS"))
+@pytest.mark.parametrize("looped", (False, True), ids=("single_block", "looped"))
+@pytest.mark.parametrize("x_dtype", (torch.bfloat16, torch.float16), ids=("bf16", "fp16"))
+@pytest.mark.parametrize("weight_is_fp32", (False, True), ids=("w16", "w32"))
+def test_casting_rounds_x_hat_before_the_affine(mode, is_rms, looped, x_dtype, weight_is_fp32):
+    """y_dtype and x_hat_dtype of the casting conventions: x_hat rounded at that point, then
+    ``x_hat * w + b`` in float32, y stored in its dtype."""
+    rows, n, eps = 9, 200, 1e-5
+    x = make_input((rows, n), x_dtype)
+    weight = make_input(n, torch.float32 if weight_is_fp32 else x_dtype)
+    bias = None if is_rms else make_input(n, weight.dtype)
+    y_dtype, x_hat_dtype = _casting(mode, x, weight)
+    y, _, _, _ = kernels.norm_fwd(
+        x,
+        None,
+        weight,
+        bias,
+        n_norm_dims=1,
+        eps=eps,
+        is_rms=is_rms,
+        y_dtype=y_dtype,
+        x_hat_dtype=x_hat_dtype,
+        config=_looped_config(rows, 64) if looped else None,
+    )
+    assert y.dtype == y_dtype
+    oracle = dict(x=x, weight=weight, bias=bias, is_rms=is_rms, eps=eps, y=y.cpu())
+    assert_close(y.cpu(), _y_with_rounded_x_hat(**oracle, x_hat_dtype=x_hat_dtype))
+    if x_hat_dtype is not None and y_dtype == torch.float32:
+        # a float32 y shows the rounding: the unrounded x_hat is far outside its tolerance
+        unrounded = _y_with_rounded_x_hat(**oracle, x_hat_dtype=None)
+        with pytest.raises(AssertionError):
+            assert_close(y.cpu(), unrounded)
 
 
 @pytest.mark.slow

@@ -38,6 +38,26 @@ __all__ = ["fused_add_layer_norm", "fused_add_rms_norm", "layer_norm", "rms_norm
 ShapeLike = int | Sequence[int] | torch.Size
 
 
+def _norm(x, residual, weight, bias, shape, eps, *, is_rms, residual_in_fp32, weight_offset,
+          casting, memory_efficient, backend):  # fmt: skip
+    """The differentiable op on validated inputs: ``(y, h)``."""
+    y, h, _, _ = autograd.norm_fwd(
+        x,
+        residual,
+        weight,
+        bias,
+        n_norm_dims=len(shape),
+        eps=eps,
+        weight_offset=float(weight_offset),
+        is_rms=is_rms,
+        residual_in_fp32=residual_in_fp32,
+        casting=check_casting(casting),
+        memory_efficient=bool(memory_efficient),
+        backend=resolve_backend(backend, x, residual),
+    )
+    return y, h
+
+
 def layer_norm(
     x: torch.Tensor,
     normalized_shape: ShapeLike,
@@ -64,19 +84,19 @@ def layer_norm(
         y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
     """
     shape = check_inputs(x, normalized_shape, weight, bias)
-    y, _, _, _ = autograd.norm_fwd(
+    y, _ = _norm(
         x,
         None,
         weight,
         bias,
-        n_norm_dims=len(shape),
-        eps=float(eps),
-        weight_offset=float(weight_offset),
+        shape,
+        float(eps),
         is_rms=False,
         residual_in_fp32=False,
-        casting=check_casting(casting),
-        memory_efficient=bool(memory_efficient),
-        backend=resolve_backend(backend, x),
+        weight_offset=weight_offset,
+        casting=casting,
+        memory_efficient=memory_efficient,
+        backend=backend,
     )
     return y
 
@@ -107,19 +127,19 @@ def rms_norm(
         y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
     """
     shape = check_inputs(x, normalized_shape, weight, None)
-    y, _, _, _ = autograd.norm_fwd(
+    y, _ = _norm(
         x,
         None,
         weight,
         None,
-        n_norm_dims=len(shape),
-        eps=rms_eps(x.dtype, eps),
-        weight_offset=float(weight_offset),
+        shape,
+        rms_eps(x.dtype, eps),
         is_rms=True,
         residual_in_fp32=False,
-        casting=check_casting(casting),
-        memory_efficient=bool(memory_efficient),
-        backend=resolve_backend(backend, x),
+        weight_offset=weight_offset,
+        casting=casting,
+        memory_efficient=memory_efficient,
+        backend=backend,
     )
     return y
 
@@ -152,19 +172,19 @@ def fused_add_layer_norm(
         and residual through both y and h.
     """
     shape = check_inputs(x, normalized_shape, weight, bias, residual=residual)
-    y, h, _, _ = autograd.norm_fwd(
+    y, h = _norm(
         x,
         residual,
         weight,
         bias,
-        n_norm_dims=len(shape),
-        eps=float(eps),
-        weight_offset=float(weight_offset),
+        shape,
+        float(eps),
         is_rms=False,
         residual_in_fp32=residual_in_fp32,
-        casting=check_casting(casting),
-        memory_efficient=bool(memory_efficient),
-        backend=resolve_backend(backend, x, residual),
+        weight_offset=weight_offset,
+        casting=casting,
+        memory_efficient=memory_efficient,
+        backend=backend,
     )
     return y, h
 
@@ -185,18 +205,18 @@ def fused_add_rms_norm(
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
     :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
     shape = check_inputs(x, normalized_shape, weight, None, residual=residual)
-    y, h, _, _ = autograd.norm_fwd(
+    y, h = _norm(
         x,
         residual,
         weight,
         None,
-        n_norm_dims=len(shape),
-        eps=rms_eps(h_dtype(x.dtype, residual.dtype, residual_in_fp32), eps),
-        weight_offset=float(weight_offset),
+        shape,
+        rms_eps(h_dtype(x.dtype, residual.dtype, residual_in_fp32), eps),
         is_rms=True,
         residual_in_fp32=residual_in_fp32,
-        casting=check_casting(casting),
-        memory_efficient=bool(memory_efficient),
-        backend=resolve_backend(backend, x, residual),
+        weight_offset=weight_offset,
+        casting=casting,
+        memory_efficient=memory_efficient,
+        backend=backend,
     )
     return y, h

@@ -40,8 +40,11 @@ from pathlib import Path
 
 import torch
 
+from layernorm_gpu.kernels.heuristics import MAX_INT32_ROWS
+
 from .ptx import global_accesses, widths_by_pointer
 from .tables import Table
+from .ttir import narrow_program_id_ops
 
 ARCHS = (80, 90)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -58,6 +61,9 @@ ROW_TENSORS = {"X", "R", "H", "Y", "DY", "DH", "DX", "DW_partial", "DB_partial"}
 TILE_LOADS = {"X", "R", "H", "DY", "DH"}
 TILE_STORES = {"Y", "H", "DX"}
 REPO = Path(__file__).resolve().parents[1]
+# More rows than int32 can index (a (2**31 + 5, N) tensor, on meta: nothing is allocated): the
+# launches that need int64 row indices.
+HUGE_ROWS = 2**31 + 5
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,8 @@ class Variant:
     def label(self) -> str:
         kind = ("add+" if self.fused_residual else "") + ("RMS" if self.is_rms else "LN")
         affine = "".join(n for n, on in (("w", self.has_weight), ("b", self.has_bias)) if on)
-        return f"{kind} {SHORT[self.dtype]} N={self.cols} {affine or 'no-affine'}"
+        huge = f" M={self.rows}" if self.rows == HUGE_ROWS else ""
+        return f"{kind} {SHORT[self.dtype]} N={self.cols} {affine or 'no-affine'}{huge}"
 
 
 @dataclass
@@ -98,6 +105,7 @@ class KernelReport:
     tile_widths: str = ""
     vectorized: bool = True
     offsets_64bit: bool = True
+    narrow_row_index: str = ""  # 32-bit ops on the program id's row index (TTIR), if any
     error: str = ""
     key: str = ""  # the specialisation's hash: equal keys are the same cubin
 
@@ -127,7 +135,9 @@ def variants(full: bool = False) -> list[Variant]:
     """Every (op, dtype, regime, flavour) to compile. Regimes: 4-row tiles (N=1024), one row
     per tile (4096), the widest single blocks (forward: 8192 float32 and 16384 16-bit columns,
     FWD_MAX_ROW_BYTES; backward: 8192; most registers; 16384 float32 is looped) and looped rows
-    (65536). The default keeps bfloat16 and float32 and drops the 4-row tiles."""
+    (65536), all over 16384 rows; and HUGE_ROWS rows (int64 row indices) of 1, 4096 and 65536
+    columns. The default keeps bfloat16 and float32, drops the 4-row tiles and compiles the
+    HUGE_ROWS regime for unfused LayerNorm and RMSNorm only."""
     from layernorm_gpu.kernels import heuristics as h
 
     dtypes = list(DTYPES) if full else ["bfloat16", "float32"]
@@ -135,12 +145,20 @@ def variants(full: bool = False) -> list[Variant]:
     widths = {"fwd": [4096, *widest_fwd, 65536], "bwd": [4096, h.BWD_MAX_SINGLE_BLOCK, 65536]}
     if full:
         widths = {op: [1024, *cols] for op, cols in widths.items()}
+    flavours = _flavours(full)
+    huge_flavours = flavours if full else [f for f in flavours if not f["fused_residual"]]
     return [
         Variant(op, dtype, cols, **flavour)
         for op in ("fwd", "bwd")
         for dtype in dtypes
         for cols in widths[op]
-        for flavour in _flavours(full)
+        for flavour in flavours
+    ] + [
+        Variant(op, dtype, cols, rows=HUGE_ROWS, **flavour)
+        for op in ("fwd", "bwd")
+        for dtype in dtypes
+        for cols in (1, 4096, 65536)
+        for flavour in huge_flavours
     ]
 
 
@@ -295,8 +313,10 @@ def _analyse_ptx(
     accesses = global_accesses(ptx, set(pointers), strides)
     report.ld_v4 = sum(a.bits == 128 and not a.is_store for a in accesses)
     report.st_v4 = sum(a.bits == 128 and a.is_store for a in accesses)
+    # A row offset with no multiply at all (every row scale specialised to 1, as at N = 1) is
+    # the row index itself, whose width the TTIR check establishes.
     for a in accesses:
-        if pointers.get(a.pointer) in ROW_TENSORS and (a.narrow_muls or not a.wide_muls):
+        if pointers.get(a.pointer) in ROW_TENSORS and a.narrow_muls:
             report.offsets_64bit = False
     rows, block_n = kwargs.get("ROWS_PER_TILE", 1), kwargs.get("BLOCK_N", 0)
     # The looped LayerNorm forward loads one element per row (its pivot) of x and residual
@@ -323,6 +343,15 @@ def _analyse_ptx(
     report.tile_widths = "; ".join(described)
 
 
+def _rows_covered(launch: _Launch, named_args: dict) -> int:
+    """The rows a launch's programs walk (grid x tiles per program x rows per tile; 0 for the
+    partial sum, whose programs walk columns): past MAX_INT32_ROWS its row indices must be
+    formed in 64-bit arithmetic."""
+    if "tiles_per_program" not in named_args:
+        return 0
+    return launch.grid[0] * named_args["tiles_per_program"] * launch.kwargs["ROWS_PER_TILE"]
+
+
 def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport:
     """Compile one launch for ``arch`` and measure it."""
     import triton
@@ -332,7 +361,8 @@ def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport
         config = f"{kwargs['BLOCK_P']}x{kwargs['BLOCK_N']}"
     else:
         loop = " loop" if "looped" in launch.fn.__name__ else ""
-        config = f"{kwargs['ROWS_PER_TILE']}x{kwargs['BLOCK_N']}{loop}"
+        wide = " int64 rows" if kwargs.get("INT64_ROWS") else ""
+        config = f"{kwargs['ROWS_PER_TILE']}x{kwargs['BLOCK_N']}{loop}{wide}"
     label = variant.label()
     if launch.fn.__name__ == "_sum_partials_kernel":
         sums = "+".join(g for g in ("dW", "dB") if kwargs[f"COMPUTE_{g.upper()}"])
@@ -355,6 +385,9 @@ def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport
         names = dict(zip(launch.fn.arg_names, launch.args, strict=False))
         dtype_bytes = {n: t.element_size() for n, t in names.items() if isinstance(t, torch.Tensor)}
         _analyse_ptx(kernel.asm["ptx"], signature, kwargs, dtype_bytes, report)
+        if _rows_covered(launch, names) > MAX_INT32_ROWS:  # else its rows fit int32
+            report.narrow_row_index = "; ".join(narrow_program_id_ops(kernel.asm["ttir"]))
+            report.offsets_64bit &= not report.narrow_row_index
     except Exception as e:  # a failed compile is a result to report, not a crash
         report.error = f"{type(e).__name__}: {e}"[:300]
     return report
@@ -477,7 +510,9 @@ def report_table(reports: list[KernelReport], title: str) -> tuple[Table, bool]:
         "(st) by width; the looped LayerNorm forward also loads one element per row (the "
         "pivot).",
         "64-bit: every multiply of a row index by a stride or N that reaches a global address "
-        "is a 64-bit multiply in the PTX.",
+        "is a 64-bit multiply in the PTX; and in launches over more rows than int32 indexes "
+        f"(M={HUGE_ROWS}), every row index is formed from the program id in 64-bit arithmetic "
+        "(TTIR). Other launches keep int32 row indices, which their grid provably fits.",
     ]
     return table, all_ok
 

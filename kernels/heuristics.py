@@ -11,6 +11,9 @@ Two properties are load-bearing and tested:
   on M, so row i of a batch is bitwise equal to the same row normalised alone.
 * Bounded scratch: the backward grid is at most one program per SM, so each dW/dB partial
   buffer is at most ``sm_count x N`` float32.
+
+``int64_rows`` is the one field that depends on M, and it changes only how row indices are
+addressed (their integer width), never the floating-point arithmetic of a row.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ WARP_SIZE = 32
 PARTIAL_BLOCK_N = 32
 PARTIAL_BLOCK_P = 128
 PARTIAL_NUM_WARPS = 4
+# Row indices stay int32 while every index a launch forms fits: the largest row a launch touches
+# is grid x tiles_per_program x rows_per_tile - 1, and the looped backward also forms
+# n_rows + row (its scratch), so both fit below 2**30 rows. Past that they are int64, which
+# costs registers (LLVM strength-reduces 64-bit row addresses into pointer induction
+# variables), so only launches that need it pay.
+MAX_INT32_ROWS = 2**30
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,8 @@ class NormConfig:
     """One launch of the forward or backward kernel.
 
     A program walks ``tiles_per_program`` consecutive tiles of ``rows_per_tile`` rows; a tile
-    is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks.
+    is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks. Row
+    indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32.
     """
 
     block_n: int
@@ -83,6 +93,7 @@ class NormConfig:
     num_warps: int
     grid: int
     tiles_per_program: int
+    int64_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,11 +126,13 @@ def _row_blocking(n_cols: int, elem_size: int, max_single_block: int) -> tuple[i
     return block_n, rows, True, max(1, min(max_warps, next_power_of_2(warps)))
 
 
-def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int]:
-    """(grid, tiles_per_program): consecutive tiles per program, every program non-empty."""
+def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int, bool]:
+    """(grid, tiles_per_program, int64_rows): consecutive tiles per program, every program
+    non-empty; int64 row indices when the rows the grid covers pass MAX_INT32_ROWS."""
     n_tiles = max(1, _cdiv(n_rows, rows_per_tile))
     tiles_per_program = _cdiv(n_tiles, max(1, min(n_tiles, max_programs)))
-    return _cdiv(n_tiles, tiles_per_program), tiles_per_program
+    grid = _cdiv(n_tiles, tiles_per_program)
+    return grid, tiles_per_program, grid * tiles_per_program * rows_per_tile > MAX_INT32_ROWS
 
 
 def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
@@ -133,8 +146,8 @@ def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H1
     max_single_block = FWD_MAX_ROW_BYTES // (4 if elem_size >= 4 else 2)
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, max_single_block)
     per_sm = max(1, THREADS_PER_SM // (warps * WARP_SIZE))
-    grid, tiles = _persistent(n_rows, rows, target.sm_count * per_sm)
-    return NormConfig(block_n, rows, single, warps, grid, tiles)
+    grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count * per_sm)
+    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
 
 
 def backward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
@@ -145,8 +158,8 @@ def backward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H
     one uses up to 16 warps and tiles of >= MIN_TILE_ELEMS elements.
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK)
-    grid, tiles = _persistent(n_rows, rows, target.sm_count)
-    return NormConfig(block_n, rows, single, warps, grid, tiles)
+    grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count)
+    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
 
 
 def partial_sum_config(n_partials: int, n_cols: int) -> PartialSumConfig:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, backward_config, partial_sum_config
-from .rows import row_layout, row_start, tile_rows, vector_align
+from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
 
 
@@ -184,6 +184,7 @@ def _norm_bwd_single_block_kernel(
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Backward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
@@ -192,7 +193,7 @@ def _norm_bwd_single_block_kernel(
     accumulates dW/dB in registers and writes row ``pid`` of the partials (every program
     writes its row).
     """
-    pid = tl.program_id(0)
+    pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
@@ -263,6 +264,7 @@ def _norm_bwd_looped_kernel(
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Backward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
@@ -271,7 +273,7 @@ def _norm_bwd_looped_kernel(
     column chunks and, for each, all the program's tiles: it writes dx and the chunk of row
     ``pid`` of the dW/dB partials (each partial chunk written once).
     """
-    pid = tl.program_id(0)
+    pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
@@ -439,6 +441,7 @@ def norm_bwd(
         ROWS_PER_TILE=cfg.rows_per_tile,
         BLOCK_N=cfg.block_n,
         ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
+        INT64_ROWS=cfg.int64_rows,
         num_warps=cfg.num_warps,
     )
     # RMSNorm has no mean (the forward returns an empty one): the kernels never read it

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, forward_config
-from .rows import row_layout, row_start, tile_rows, vector_align
+from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
 
 
@@ -118,6 +118,7 @@ def _norm_fwd_single_block_kernel(
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Forward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
@@ -126,7 +127,7 @@ def _norm_fwd_single_block_kernel(
     h) written once, one mean (LayerNorm) and rstd per row. The mean is taken on
     ``h - h[:, 0]``, so a constant row centres to exactly zero.
     """
-    pid = tl.program_id(0)
+    pid = program_id(INT64_ROWS)
     # n_cols is a multiple of ALIGN: written so the compiler sees it, the column masks then
     # come in whole vectors and the loads stay 128-bit. (Not in the looped kernel: there it
     # made ptxas use an 8-byte stack frame for the fused float32 forward on sm_90.)
@@ -203,6 +204,7 @@ def _norm_fwd_looped_kernel(
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Forward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
@@ -211,7 +213,7 @@ def _norm_fwd_looped_kernel(
     chunks' (mean, m2) (Chan); pass 2 re-reads x (or h) and writes y. The mean is taken on
     ``h - h[:, 0]`` (one extra element per row read), so a constant row centres to zero.
     """
-    pid = tl.program_id(0)
+    pid = program_id(INT64_ROWS)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     r_layout = (r_d1, r_d2, r_s0, r_s1, r_s2)
     h_dtype = H.dtype.element_ty if HAS_RESIDUAL else tl.float32
@@ -347,6 +349,7 @@ def norm_fwd(
             ROWS_PER_TILE=cfg.rows_per_tile,
             BLOCK_N=cfg.block_n,
             ALIGN=vector_align(n_cols, x_layout, r_layout),
+            INT64_ROWS=cfg.int64_rows,
             num_warps=cfg.num_warps,
         )
     return y, h, mean, rstd

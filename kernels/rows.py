@@ -90,9 +90,20 @@ def vector_align(n_cols: int, *layouts: RowLayout | None) -> int:
 
 
 @triton.jit
+def program_id(INT64_ROWS: tl.constexpr):
+    """This program's id, int64 when the launch's row indices need it (``NormConfig.int64_rows``),
+    so that every row index formed from it is too: past 2**31 rows an int32 index would wrap
+    negative, pass the ``rows < n_rows`` mask and address memory out of bounds."""
+    pid = tl.program_id(0)
+    if INT64_ROWS:
+        pid = pid.to(tl.int64)
+    return pid
+
+
+@triton.jit
 def tile_rows(first_row, n_rows, ROWS_PER_TILE: tl.constexpr):
     """The ``ROWS_PER_TILE`` rows of the tile starting at ``first_row``, and their mask
-    ``rows < n_rows``."""
+    ``rows < n_rows`` (rows have ``first_row``'s integer type, see :func:`program_id`)."""
     rows = first_row + tl.arange(0, ROWS_PER_TILE)
     return rows, rows < n_rows
 

@@ -133,12 +133,19 @@ UNALIGNED = compile_report.Variant("fwd", "bfloat16", 4100)
 # forward, which spilled at 16 warps (128-register cap) before float32 rows got 32 warps.
 ALIGNED_NOT_PROVEN = compile_report.Variant("fwd", "bfloat16", 4104)
 WIDEST_FP32_LN = compile_report.Variant("fwd", "float32", 16384)
+# More rows than int32 indexes: the (2**31 + 5, 1) tensor of issue 8.6 (tiles of 64 rows) and a
+# looped backward (whose scratch is addressed at n_rows + row), on meta tensors.
+HUGE = [
+    compile_report.Variant("fwd", "bfloat16", 1, rows=compile_report.HUGE_ROWS),
+    compile_report.Variant("bwd", "bfloat16", 1, rows=compile_report.HUGE_ROWS),
+    compile_report.Variant("bwd", "float32", 65536, is_rms=True, rows=compile_report.HUGE_ROWS),
+]
 
 
 @pytest.fixture(scope="module")
 def compiled() -> dict[tuple[str, str], compile_report.KernelReport]:
     """{(kernel, variant label): report} of everything above, compiled once for sm_90."""
-    variants = [*COMPILED, UNALIGNED, ALIGNED_NOT_PROVEN, WIDEST_FP32_LN]
+    variants = [*COMPILED, UNALIGNED, ALIGNED_NOT_PROVEN, WIDEST_FP32_LN, *HUGE]
     reports = compile_report.compile_all(variants, archs=(90,), jobs=2, unique=False)
     return {(r.kernel, r.variant): r for r in reports}
 
@@ -166,6 +173,18 @@ def test_compiled_kernels_have_no_spills_128_bit_tiles_and_64_bit_offsets(compil
     assert big_forward.ld_v4 == 6 and big_forward.st_v4 == 2
 
 
+def test_more_rows_than_int32_indexes_get_64_bit_row_indices(compiled):
+    """Issue 8.6: past 2**31 rows every row index is formed in 64-bit arithmetic (TTIR: no
+    32-bit op on the program id's rows; the kernels' int32 rows of before fail this), while
+    launches whose rows fit int32 keep their int32 indices and registers."""
+    for variant in HUGE:
+        report = _report(compiled, variant)
+        assert "int64 rows" in report.config, report
+        assert report.offsets_64bit and not report.narrow_row_index, report
+        assert (report.stack, report.local) == (0, 0), report
+    assert all("int64 rows" not in _report(compiled, v).config for v in COMPILED)
+
+
 def test_unaligned_rows_fail_the_128_bit_check(compiled):
     report = _report(compiled, UNALIGNED)
     # 8200-byte rows are only 8-byte aligned: 64-bit accesses (ALIGN = 4 elements), not 128
@@ -181,8 +200,11 @@ def test_widest_float32_layer_norm_forward_does_not_spill(compiled):
     assert (report.stack, report.local) == (0, 0), report
 
 
-# A counter-example for the 64-bit check: the load's row offset ``row * stride`` is int32, the
-# store's is int64. Compiled in a child process: this one may run the kernels interpreted.
+# Counter-examples for the 64-bit checks, compiled in a child process (this one may run the
+# kernels interpreted). row_copy: the load's row offset ``row * stride`` is int32, the store's
+# is int64 (PTX check). tile_copy: rows formed as ``(pid * tiles_per_program + i) * ROWS``,
+# int32 unless the program id is made int64 first (TTIR check; the kernels' form before they
+# took 64-bit row indices).
 COUNTER_EXAMPLE = """
 import triton
 import triton.language as tl
@@ -194,26 +216,49 @@ def row_copy(X, Y, stride, N, BLOCK_N: tl.constexpr):
     cols = tl.arange(0, BLOCK_N)
     x = tl.load(X + row * stride + cols, mask=cols < N)
     tl.store(Y + row.to(tl.int64) * stride + cols, x, mask=cols < N)
+
+
+@triton.jit
+def tile_copy(X, Y, n_rows, tiles_per_program, ROWS: tl.constexpr, WIDE: tl.constexpr):
+    pid = tl.program_id(0)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    for i in range(tiles_per_program):
+        rows = (pid * tiles_per_program + i) * ROWS + tl.arange(0, ROWS)
+        tl.store(Y + rows, tl.load(X + rows, mask=rows < n_rows), mask=rows < n_rows)
 """
 ANALYSE = """
 import json, sys
 import torch
 from bench import compile_report
 from bench.ptx import global_accesses
-from counter_example import row_copy
+from bench.ttir import narrow_program_id_ops
+from counter_example import row_copy, tile_copy
 from triton.compiler import compile as triton_compile
 
+
+def compiled(fn, args, kwargs):
+    launch = compile_report._Launch(fn, (8,), args, {**kwargs, "num_warps": 4})
+    src, options, _ = compile_report._specialise(launch, 90)
+    return triton_compile(src, target=compile_report._target(90), options=options).asm
+
+
 x = torch.empty(8, 4096, dtype=torch.bfloat16, device="meta")
-launch = compile_report._Launch(row_copy, (8,), (x, x, 4096, 4096),
-                                {"BLOCK_N": 4096, "num_warps": 8})
-src, options, _ = compile_report._specialise(launch, 90)
-ptx = triton_compile(src, target=compile_report._target(90), options=options).asm["ptx"]
+ptx = compiled(row_copy, (x, x, 4096, 4096), {"BLOCK_N": 4096})["ptx"]
 accesses = global_accesses(ptx, pointer_params={0, 1}, stride_params={2, 3})
-print(json.dumps([[a.is_store, a.narrow_muls, a.wide_muls] for a in accesses]))
+tiles = {wide: compiled(tile_copy, (x, x, 32768, 3), {"ROWS": 4, "WIDE": wide}) for wide in (0, 1)}
+narrow_rows = {wide: narrow_program_id_ops(asm["ttir"]) for wide, asm in tiles.items()}
+print(json.dumps({
+    "ptx": [[a.is_store, a.narrow_muls, a.wide_muls] for a in accesses],
+    "ttir": {"int32": narrow_rows[0], "int64": narrow_rows[1]},
+}))
 """
 
 
-def test_32_bit_row_offsets_fail_the_64_bit_check(tmp_path):
+@pytest.fixture(scope="module")
+def counter_examples(tmp_path_factory) -> dict:
+    """What the PTX and TTIR checks find in the counter-examples."""
+    tmp_path = tmp_path_factory.mktemp("counter_examples")
     (tmp_path / "counter_example.py").write_text(COUNTER_EXAMPLE)
     env = dict(
         os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)])
@@ -226,8 +271,19 @@ def test_32_bit_row_offsets_fail_the_64_bit_check(tmp_path):
         check=True,
         timeout=300,
     )
-    accesses = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_32_bit_row_offsets_fail_the_64_bit_check(counter_examples):
+    accesses = counter_examples["ptx"]
     loads = [(narrow, wide) for is_store, narrow, wide in accesses if not is_store]
     stores = [(narrow, wide) for is_store, narrow, wide in accesses if is_store]
     assert loads and all(narrow for narrow, _ in loads)
     assert stores and all(wide and not narrow for narrow, wide in stores)
+
+
+def test_32_bit_row_indices_fail_the_64_bit_check(counter_examples):
+    """pid * tiles_per_program in int32 wraps past 2**31 rows: the TTIR check names it."""
+    narrow = counter_examples["ttir"]
+    assert any("arith.muli %pid" in op and ": i32" in op for op in narrow["int32"]), narrow
+    assert narrow["int64"] == []

@@ -64,3 +64,18 @@ def test_single_block_limits():
 def test_partial_sum_programs_cover_every_column(n):
     cfg = h.partial_sum_config(132, n)
     assert (cfg.grid - 1) * cfg.block_n < n <= cfg.grid * cfg.block_n
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("n", (1, 4096, 65536))
+@pytest.mark.parametrize("m", (1000, 2**30 - 1, 2**30, 2**30 + 1, 2**31 + 5))
+def test_row_indices_are_int64_when_int32_could_wrap(config, n, m):
+    """int32 row indices only where every index a launch forms fits: its rows (up to grid x
+    tiles x rows per tile) and the looped backward's scratch offsets n_rows + row."""
+    cfg = config(m, n, 2, h.H100)
+    rows_covered = cfg.grid * cfg.tiles_per_program * cfg.rows_per_tile
+    assert cfg.int64_rows == (rows_covered > h.MAX_INT32_ROWS)
+    if not cfg.int64_rows:
+        assert m + rows_covered - 1 < 2**31
+    if m > 2**31:
+        assert cfg.int64_rows

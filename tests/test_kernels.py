@@ -6,6 +6,7 @@ dW/dB partial row) the kernels fail to write fails the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -294,6 +295,26 @@ def test_looped_kernels_over_chunks(dtype, is_rms, n):
     )
     want = _expected(got[1].cpu(), weight, bias, dy, is_rms=is_rms)
     _check(got[:1] + (None,) + got[2:], want, 9)
+
+
+@pytest.mark.parametrize("single_block", (True, False), ids=("single_block", "looped"))
+def test_int64_row_indices(single_block):
+    """The kernels as launched past 2**30 rows (int64 row indices) give bitwise the results of
+    the int32 ones, on a small problem forced onto that path."""
+    x, dy = make_input((9, 200), torch.bfloat16, offset=3.0), make_input((9, 200), torch.bfloat16)
+    residual = make_input((9, 200), torch.bfloat16)
+    weight, bias = make_input(200, torch.float32), make_input(200, torch.float32)
+    cfg = dataclasses.replace(
+        _looped_config(9, 256 if single_block else 64), single_block=single_block
+    )
+    wide = dataclasses.replace(cfg, int64_rows=True)
+    kwargs = dict(residual=residual, dh=dy)
+    got = _run(x, weight, bias, dy, fwd_config=wide, bwd_config=wide, **kwargs)
+    want = _run(x, weight, bias, dy, fwd_config=cfg, bwd_config=cfg, **kwargs)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    oracle = _expected(got[1].cpu(), weight, bias, dy, dh=dy)
+    _check(got[:1] + (None,) + got[2:], oracle, 9)
 
 
 @pytest.mark.parametrize("n", (20000,))

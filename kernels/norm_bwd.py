@@ -40,15 +40,17 @@ def _tile(
     x_layout,
     dy_layout,
     IS_RMS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
     ROWS_PER_TILE: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
     """The tile starting at ``first_row``: its rows, their mask, the offsets of their x and dy
-    rows and their float32 ``(mean, rstd)`` (mean 0 for RMSNorm; both 0 past ``n_rows``)."""
+    rows and their float32 ``(mean, rstd)`` (mean 0 for RMSNorm and when x_hat comes from y;
+    both 0 past ``n_rows``)."""
     rows, row_mask = tile_rows(first_row, n_rows, ROWS_PER_TILE)
     rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
     mean = tl.zeros([ROWS_PER_TILE], tl.float32)
-    if not IS_RMS:
+    if not IS_RMS and not X_IS_Y:
         mean = tl.load(Mean + rows, mask=row_mask, other=0.0)
     x_row = row_start(rows, x_layout, ALIGN)
     dy_row = row_start(rows, dy_layout, ALIGN)
@@ -60,6 +62,7 @@ def _x_hat_and_g(
     X,
     DY,
     W,
+    B,
     x_row,
     dy_row,
     row_mask,
@@ -70,23 +73,32 @@ def _x_hat_and_g(
     weight_offset,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
 ):
     """Load x and dy at (the tile's rows) x ``cols``: float32 ``(mask, x_hat, g, dy)``, masked
-    lanes exactly zero."""
+    lanes exactly zero. With ``X_IS_Y``, X holds the forward's y and x_hat is recomputed as
+    ``(y - b) / (w + weight_offset)`` (the memory-efficient backward)."""
     mask = row_mask[:, None] & col_mask[None, :]
     x_offs = x_row[:, None] + cols[None, :]
     dy_offs = dy_row[:, None] + cols[None, :]
     x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
-    if IS_RMS:
-        x_hat = x * rstd[:, None]
-    else:
-        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
     if HAS_WEIGHT:
-        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) + weight_offset
+        w = tl.load(W + cols, mask=col_mask, other=1.0).to(tl.float32) + weight_offset
         g = dy * w[None, :]
     else:
         g = dy
+    if X_IS_Y:
+        if HAS_BIAS:
+            x = x - tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_WEIGHT:
+            x = x / w[None, :]
+        x_hat = tl.where(mask, x, 0.0)
+    elif IS_RMS:
+        x_hat = x * rstd[:, None]
+    else:
+        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
     return mask, x_hat, g, dy
 
 
@@ -153,7 +165,8 @@ def _norm_bwd_single_block_kernel(
     DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
     DX,  # (n_rows, n_cols) contiguous out, X's dtype
     W,  # (n_cols,) weight, or None
-    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
+    B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
     Rstd,  # (n_rows,) float32
     DW_partial,  # (grid, n_cols) float32 out, or None
     DB_partial,  # (grid, n_cols) float32 out, or None
@@ -178,6 +191,8 @@ def _norm_bwd_single_block_kernel(
     tiles_per_program,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
     HAS_DH: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
@@ -206,11 +221,11 @@ def _norm_bwd_single_block_kernel(
     for i in range(tiles_per_program):
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
             Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-            ROWS_PER_TILE, ALIGN,
+            X_IS_Y, ROWS_PER_TILE, ALIGN,
         )  # fmt: skip
         mask, x_hat, g, dy = _x_hat_and_g(
-            X, DY, W, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, weight_offset,
-            IS_RMS, HAS_WEIGHT,
+            X, DY, W, B, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, weight_offset,
+            IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
         )  # fmt: skip
         c1, c2 = _coefficients(x_hat, g, n_cols, IS_RMS)
         _store_dx(
@@ -232,7 +247,8 @@ def _norm_bwd_looped_kernel(
     DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
     DX,  # (n_rows, n_cols) contiguous out, X's dtype
     W,  # (n_cols,) weight, or None
-    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm)
+    B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
     Rstd,  # (n_rows,) float32
     DW_partial,  # (grid, n_cols) float32 out, or None
     DB_partial,  # (grid, n_cols) float32 out, or None
@@ -258,6 +274,8 @@ def _norm_bwd_looped_kernel(
     tiles_per_program,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
     HAS_DH: tl.constexpr,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
@@ -283,15 +301,15 @@ def _norm_bwd_looped_kernel(
     for i in range(tiles_per_program):
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
             Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-            ROWS_PER_TILE, ALIGN,
+            X_IS_Y, ROWS_PER_TILE, ALIGN,
         )  # fmt: skip
         sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
         sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             c = start + cols
             _, x_hat, g, _ = _x_hat_and_g(
-                X, DY, W, x_row, dy_row, row_mask, c, c < n_cols, mean, rstd, weight_offset,
-                IS_RMS, HAS_WEIGHT,
+                X, DY, W, B, x_row, dy_row, row_mask, c, c < n_cols, mean, rstd, weight_offset,
+                IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
             )  # fmt: skip
             sum_xg += tl.sum(x_hat * g, axis=1)
             if not IS_RMS:
@@ -309,11 +327,11 @@ def _norm_bwd_looped_kernel(
         for i in range(tiles_per_program):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile(
                 Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-                ROWS_PER_TILE, ALIGN,
+                X_IS_Y, ROWS_PER_TILE, ALIGN,
             )  # fmt: skip
             mask, x_hat, g, dy = _x_hat_and_g(
-                X, DY, W, x_row, dy_row, row_mask, c, c_mask, mean, rstd, weight_offset,
-                IS_RMS, HAS_WEIGHT,
+                X, DY, W, B, x_row, dy_row, row_mask, c, c_mask, mean, rstd, weight_offset,
+                IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
             )  # fmt: skip
             c1 = tl.load(C + rows, mask=row_mask, other=0.0)
             c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
@@ -378,6 +396,9 @@ def norm_bwd(
     weight_offset: float = 0.0,
     dweight_dtype: torch.dtype | None = None,
     dbias_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    x_is_y: bool = False,
+    dx_dtype: torch.dtype | None = None,
     config: NormConfig | None = None,
     target: Target | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -385,21 +406,24 @@ def norm_bwd(
 
     Args:
         dy: gradient of y, ``x.shape``, any strides.
-        x: the forward's input of the norm (h when fused), ``(*lead, *norm)``.
+        x: the forward's input of the norm (h when fused), ``(*lead, *norm)``; or, with
+            ``x_is_y``, its output y, from which x_hat is recomputed with ``bias`` (``norm``
+            shape, contiguous, or None) and the weight (mean is then not read).
+        dx_dtype: dx's dtype (default x's).
         weight: ``norm`` shape or None. mean, rstd: ``(n_rows,)`` float32 from the forward
             (RMSNorm: mean is not read, and may be empty).
         dh: gradient of the fused residual output h (added to dx), or None.
         dweight_dtype / dbias_dtype: dtype of dW / dB, or None to skip that gradient.
 
     Returns:
-        ``(dx, dweight, dbias)``: dx ``x.shape`` in x's dtype, contiguous; dW/dB ``norm``
+        ``(dx, dweight, dbias)``: dx ``x.shape`` in dx_dtype, contiguous; dW/dB ``norm``
         shape or None.
     """
     norm_shape = x.shape[x.dim() - n_norm_dims :]
     n_cols = math.prod(norm_shape)
     n_rows = math.prod(x.shape[: x.dim() - n_norm_dims])
     device = x.device
-    dx = torch.empty(x.shape, dtype=x.dtype, device=device)
+    dx = torch.empty(x.shape, dtype=dx_dtype or x.dtype, device=device)
     dweight = dbias = None
     if dweight_dtype is not None:
         dweight = torch.empty(norm_shape, dtype=dweight_dtype, device=device)
@@ -435,6 +459,8 @@ def norm_bwd(
     constexprs = dict(
         IS_RMS=is_rms,
         HAS_WEIGHT=weight is not None,
+        HAS_BIAS=x_is_y and bias is not None,
+        X_IS_Y=x_is_y,
         HAS_DH=dh is not None,
         COMPUTE_DW=dweight is not None,
         COMPUTE_DB=dbias is not None,
@@ -444,9 +470,11 @@ def norm_bwd(
         INT64_ROWS=cfg.int64_rows,
         num_warps=cfg.num_warps,
     )
-    # RMSNorm has no mean (the forward returns an empty one): the kernels never read it
-    mean = None if is_rms else mean
-    tensors = (x, dy, dh, dx, weight, mean, rstd, partial.get("dw"), partial.get("db"))
+    # RMSNorm has no mean (the forward returns an empty one), and x_hat from y needs none: the
+    # kernels never read it then
+    mean = None if is_rms or x_is_y else mean
+    bias = bias if x_is_y else None
+    tensors = (x, dy, dh, dx, weight, bias, mean, rstd, partial.get("dw"), partial.get("db"))
     # the looped kernel keeps each row's (c1, c2) between its two passes
     scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)
     kernel = _norm_bwd_single_block_kernel if cfg.single_block else _norm_bwd_looped_kernel

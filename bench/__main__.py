@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _reports(args: argparse.Namespace) -> bool:
     """Print the selected no-GPU reports; True when every target they check is met."""
-    from . import compile_report, cpu, traffic
+    from . import cpu
+    from .proof import compile_report, traffic
     from .tables import Table, print_table
 
     selected = args.reports or REPORTS

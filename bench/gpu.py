@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bytes_model import bytes_moved
+from .proof.bytes_model import bytes_moved
 
 HIDDEN_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144)
 QUICK_HIDDEN_SIZES = (1024, 4096, 16384, 262144)

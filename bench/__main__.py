@@ -139,9 +139,10 @@ def _glossary() -> Table:
 def _reports(args: argparse.Namespace) -> int:
     """Run the selected no-GPU reports with progress; print the tables and the summary; return
     the exit status."""
-    from . import compile_report, cpu, findings, traffic
+    from . import cpu, findings
     from .cache import folder_bytes, triton_cache_dir
     from .progress import Steps
+    from .proof import compile_report, traffic
     from .tables import console, fmt_bytes, print_table
     from .verdicts import MET, MISSED, NOT_JUDGED, exit_status, summary_table
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import compile_report, traffic
+from .proof import compile_report, traffic
+from .proof.trace import Traffic
 from .tables import Table, fmt_bytes
-from .trace import Traffic
 from .verdicts import Outcome, judge
 
 READ_ROLES = ("x", "residual", "dy", "dh")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .bytes_model import bytes_moved
+from .proof.bytes_model import bytes_moved
 
 if TYPE_CHECKING:
     from .progress import Step

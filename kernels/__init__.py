@@ -1,11 +1,48 @@
-"""Triton kernels for LayerNorm/RMSNorm and their launch heuristics.
+"""Triton kernels for LayerNorm/RMSNorm, their launchers and launch heuristics.
 
-Installed as ``layernorm_gpu.kernels``; imports inside this package are relative. Importing it
-needs Triton; ``layernorm_gpu`` imports it lazily, only when the Triton backend runs.
+Installed as ``layernorm_gpu.kernels``; imports inside this package are relative.
+
+- ``heuristics``: the launch configs, pure Python (no Triton, no torch).
+- ``norm_fwd`` / ``norm_bwd``: the launchers (and modules holding the jit kernels).
+- ``rows``: strided row addressing; ``target``: the GPU a launch runs on.
+- ``registry``: every jit kernel and the role of each pointer argument, for the reports.
+
+Importing this package (or ``layernorm_gpu.kernels.heuristics``) does not import Triton: the
+launchers ``norm_fwd`` / ``norm_bwd`` load their modules, and Triton, on first use.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from .heuristics import A100, H100, NormConfig, PartialSumConfig, Target
-from .norm_bwd import norm_bwd
-from .norm_fwd import norm_fwd
 
 __all__ = ["A100", "H100", "NormConfig", "PartialSumConfig", "Target", "norm_bwd", "norm_fwd"]
+
+_LAUNCHERS = ("norm_fwd", "norm_bwd")
+
+
+def __getattr__(name: str):
+    if name in _LAUNCHERS:
+        importlib.import_module(f".{name}", __name__)  # binds the launcher (see _Package)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``kernels.norm_fwd`` is the launcher, never its module of the same name.
+
+    Importing a submodule binds it on its package; for the two launcher modules this binds
+    their launcher instead, whoever imports them first (as ``from .norm_fwd import norm_fwd``
+    in an eager ``__init__`` would).
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _LAUNCHERS and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, backward_config, partial_sum_config
+from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
 
@@ -383,6 +384,53 @@ def _sum_partials_kernel(
         tl.store(DB + cols, tl.sum(db, axis=0), mask=col_mask)
 
 
+_POINTERS = {
+    "X": "x",  # (y under X_IS_Y, read in x's place)
+    "DY": "dy",
+    "DH": "dh",
+    "DX": "dx",
+    "W": "weight",
+    "B": "bias",
+    "Mean": "mean",
+    "Rstd": "rstd",
+    "DW_partial": "dw_partial",
+    "DB_partial": "db_partial",
+}
+_ROW_SCALES = (
+    "n_cols",
+    "x_s0",
+    "x_s1",
+    "x_s2",
+    "dy_s0",
+    "dy_s1",
+    "dy_s2",
+    "dh_s0",
+    "dh_s1",
+    "dh_s2",
+)
+NORM_BWD_SINGLE_BLOCK = Kernel(
+    "norm_bwd_single_block", _norm_bwd_single_block_kernel, "bwd", False, _POINTERS, _ROW_SCALES
+)
+NORM_BWD_LOOPED = Kernel(
+    "norm_bwd_looped",
+    _norm_bwd_looped_kernel,
+    "bwd",
+    True,
+    {**_POINTERS, "C": "c_scratch"},
+    _ROW_SCALES,
+)
+SUM_PARTIALS = Kernel(
+    "sum_partials",
+    _sum_partials_kernel,
+    "sum_partials",
+    False,
+    {"DW_partial": "dw_partial", "DB_partial": "db_partial", "DW": "dweight", "DB": "dbias"},
+    ("n_cols",),
+    programs_walk_rows=False,
+)
+KERNELS = (NORM_BWD_SINGLE_BLOCK, NORM_BWD_LOOPED, SUM_PARTIALS)
+
+
 def norm_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -477,9 +525,11 @@ def norm_bwd(
     tensors = (x, dy, dh, dx, weight, bias, mean, rstd, partial.get("dw"), partial.get("db"))
     # the looped kernel keeps each row's (c1, c2) between its two passes
     scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)
-    kernel = _norm_bwd_single_block_kernel if cfg.single_block else _norm_bwd_looped_kernel
+    kernel = NORM_BWD_SINGLE_BLOCK if cfg.single_block else NORM_BWD_LOOPED
     with launch_guard(device):
-        kernel[(cfg.grid,)](
+        launch(
+            kernel,
+            (cfg.grid,),
             *tensors,
             *scratch,
             n_rows,
@@ -491,7 +541,9 @@ def norm_bwd(
         )
         if partial:
             red = partial_sum_config(cfg.grid, n_cols)
-            _sum_partials_kernel[(red.grid,)](
+            launch(
+                SUM_PARTIALS,
+                (red.grid,),
                 partial.get("dw"),
                 partial.get("db"),
                 dweight,

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .heuristics import NormConfig, Target, forward_config
+from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
 
@@ -267,6 +268,25 @@ def _norm_fwd_looped_kernel(
         _store_stats(Mean, Rstd, rows, row_mask, pivot + mean_shifted, rstd, IS_RMS)
 
 
+_POINTERS = {
+    "X": "x",
+    "R": "residual",
+    "H": "h",
+    "Y": "y",
+    "W": "weight",
+    "B": "bias",
+    "Mean": "mean",
+    "Rstd": "rstd",
+}
+_ROW_SCALES = ("n_cols", "x_s0", "x_s1", "x_s2", "r_s0", "r_s1", "r_s2")
+NORM_FWD_SINGLE_BLOCK = Kernel(
+    "norm_fwd_single_block", _norm_fwd_single_block_kernel, "fwd", False, _POINTERS, _ROW_SCALES
+)
+NORM_FWD_LOOPED = Kernel(
+    "norm_fwd_looped", _norm_fwd_looped_kernel, "fwd", True, _POINTERS, _ROW_SCALES
+)
+KERNELS = (NORM_FWD_SINGLE_BLOCK, NORM_FWD_LOOPED)
+
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
@@ -322,8 +342,9 @@ def norm_fwd(
         n_rows, n_cols, x.element_size(), target or device_target(x.device)
     )
     with launch_guard(x.device):
-        kernel = _norm_fwd_single_block_kernel if cfg.single_block else _norm_fwd_looped_kernel
-        kernel[(cfg.grid,)](
+        launch(
+            NORM_FWD_SINGLE_BLOCK if cfg.single_block else NORM_FWD_LOOPED,
+            (cfg.grid,),
             x,
             residual,
             h,

@@ -1,10 +1,10 @@
 """The issue's "prove the speed without a GPU" targets, checked on measured numbers.
 
 Traffic: the real kernels run in Triton's interpreter with every load and store counted
-(:mod:`bench.trace`). Compile: a representative subset compiled offline for sm_90, with spills
-from cuobjdump and 128-bit accesses and 64-bit offsets from the PTX
-(:mod:`bench.compile_report`). Each check also runs on a counter-example that must fail it, so a
-check that cannot fail would show.
+(:mod:`bench.proof.trace`). Compile: a representative subset compiled offline for sm_90, with
+spills from cuobjdump, 128-bit accesses and 64-bit offsets from the PTX and 64-bit row indices
+from the TTIR (:mod:`bench.proof.compile_report`). Each check also runs on a counter-example
+that must fail it, so a check that cannot fail would show.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import compile_report, trace, traffic
-from bench.bytes_model import bytes_moved
+from bench.proof import compile_report, trace, traffic
+from bench.proof.bytes_model import bytes_moved
 from layernorm_gpu.kernels.heuristics import H100, Target, backward_config, forward_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +38,9 @@ def interpreted():
 @pytest.mark.parametrize("case", traffic.STRUCTURAL_CASES[:2], ids=lambda c: c.describe())
 def test_single_block_reads_and_writes_each_element_once(interpreted, case):
     fwd, bwd = traffic.op_traffic(case)
-    elems = case.rows * case.cols
+    elems = case.n_rows * case.n_cols
     # The forward: one launch; x (and residual) read once, y (and h) written once.
-    assert [lc.kernel for lc in fwd.launches] == ["_norm_fwd_single_block_kernel"]
+    assert [lc.kernel for lc in fwd.launches] == ["norm_fwd_single_block"]
     assert fwd.get("x").loads_per_element == {1: elems}
     assert fwd.get("x").loaded == elems * case.elem_size
     assert fwd.get("y").stores_per_element == {1: elems}
@@ -49,10 +49,7 @@ def test_single_block_reads_and_writes_each_element_once(interpreted, case):
         assert fwd.get("h").stores_per_element == {1: elems}
     # The backward: the main kernel and the partial sum; x (h when fused) and dy read once,
     # dx written once.
-    assert [lc.kernel for lc in bwd.launches] == [
-        "_norm_bwd_single_block_kernel",
-        "_sum_partials_kernel",
-    ]
+    assert [lc.kernel for lc in bwd.launches] == ["norm_bwd_single_block", "sum_partials"]
     for role in ("x", "dy"):
         assert bwd.get(role).loads_per_element == {1: elems}, role
     assert bwd.get("dx").stores_per_element == {1: elems}
@@ -69,8 +66,8 @@ def test_launchers_do_nothing_but_their_launches(interpreted, case):
     """Forward: exactly one launch, backward: exactly two, and no torch work around them (no
     fill of a mean RMSNorm does not have)."""
     for mode, config, launches in (("fwd", forward_config, 1), ("bwd", backward_config, 2)):
-        cfg = config(case.rows, case.cols, case.elem_size, H100)
-        measured = traffic.launcher_traffic(mode, case, cfg, case.rows)
+        cfg = config(case.n_rows, case.n_cols, case.elem_size, H100)
+        measured = traffic.launcher_traffic(mode, case, cfg, case.n_rows)
         assert len(measured.launches) == launches, mode
         assert measured.eager == [], mode
 
@@ -79,14 +76,14 @@ def test_persistent_backward_partials_are_one_row_per_sm(interpreted):
     # 4 "SMs" and 40 one-row tiles: each program walks 10 tiles, and the partial buffers have
     # exactly one float32 row per program.
     case = traffic.Case(40, 4096, torch.bfloat16)
-    cfg = backward_config(case.rows, case.cols, case.elem_size, Target(sm_count=4))
+    cfg = backward_config(case.n_rows, case.n_cols, case.elem_size, Target(sm_count=4))
     assert (cfg.grid, cfg.tiles_per_program) == (4, 10)
-    bwd = traffic.launcher_traffic("bwd", case, cfg, case.rows)
-    for role in ("dW partials", "dB partials"):
-        assert bwd.launches[0].shapes[role] == (4, case.cols)
-        assert bwd.get(role).stores_per_element == {1: 4 * case.cols}
-    assert bwd.get("x").loads_per_element == {1: case.rows * case.cols}
-    assert bwd.get("dy").loads_per_element == {1: case.rows * case.cols}
+    bwd = traffic.launcher_traffic("bwd", case, cfg, case.n_rows)
+    for role in ("dw_partial", "db_partial"):
+        assert bwd.launches[0].shapes[role] == (4, case.n_cols)
+        assert bwd.get(role).stores_per_element == {1: 4 * case.n_cols}
+    assert bwd.get("x").loads_per_element == {1: case.n_rows * case.n_cols}
+    assert bwd.get("dy").loads_per_element == {1: case.n_rows * case.n_cols}
 
 
 def test_byte_model_matches_the_measured_traffic(interpreted):
@@ -94,9 +91,9 @@ def test_byte_model_matches_the_measured_traffic(interpreted):
     case = traffic.Case(64, 2048, torch.float16)
     for mode in ("fwd", "bwd"):
         config = (traffic.forward_config if mode == "fwd" else backward_config)(
-            case.rows, case.cols, case.elem_size, H100
+            case.n_rows, case.n_cols, case.elem_size, H100
         )
-        measured = traffic.launcher_traffic(mode, case, config, case.rows)
+        measured = traffic.launcher_traffic(mode, case, config, case.n_rows)
         distinct = sum(t.distinct_loaded + t.distinct_stored for t in measured.tensors.values())
         assert distinct + measured.eager_bytes == case.byte_model(mode).total, mode
 
@@ -136,9 +133,9 @@ WIDEST_FP32_LN = compile_report.Variant("fwd", "float32", 16384)
 # More rows than int32 indexes: the (2**31 + 5, 1) tensor of issue 8.6 (tiles of 64 rows) and a
 # looped backward (whose scratch is addressed at n_rows + row), on meta tensors.
 HUGE = [
-    compile_report.Variant("fwd", "bfloat16", 1, rows=compile_report.HUGE_ROWS),
-    compile_report.Variant("bwd", "bfloat16", 1, rows=compile_report.HUGE_ROWS),
-    compile_report.Variant("bwd", "float32", 65536, is_rms=True, rows=compile_report.HUGE_ROWS),
+    compile_report.Variant("fwd", "bfloat16", 1, n_rows=compile_report.HUGE_ROWS),
+    compile_report.Variant("bwd", "bfloat16", 1, n_rows=compile_report.HUGE_ROWS),
+    compile_report.Variant("bwd", "float32", 65536, is_rms=True, n_rows=compile_report.HUGE_ROWS),
 ]
 
 
@@ -153,15 +150,15 @@ def compiled() -> dict[tuple[str, str], compile_report.KernelReport]:
 def _report(compiled, variant: compile_report.Variant) -> compile_report.KernelReport:
     config = forward_config if variant.op == "fwd" else backward_config
     elem_size = compile_report.DTYPES[variant.dtype].itemsize
-    single = config(variant.rows, variant.cols, elem_size).single_block
-    kernel = f"_norm_{variant.op}_{'single_block' if single else 'looped'}_kernel"
+    single = config(variant.n_rows, variant.n_cols, elem_size).single_block
+    kernel = f"norm_{variant.op}_{'single_block' if single else 'looped'}"
     report = compiled[(kernel, variant.label())]
     assert not report.error, report.error
     return report
 
 
 def test_compiled_kernels_have_no_spills_128_bit_tiles_and_64_bit_offsets(compiled):
-    partial_sums = [r for (kernel, _), r in compiled.items() if kernel == "_sum_partials_kernel"]
+    partial_sums = [r for (kernel, _), r in compiled.items() if kernel == "sum_partials"]
     for report in [_report(compiled, v) for v in COMPILED] + partial_sums:
         assert 0 < report.regs <= 255, report
         assert (report.stack, report.local) == (0, 0), report
@@ -230,17 +227,15 @@ def tile_copy(X, Y, n_rows, tiles_per_program, ROWS: tl.constexpr, WIDE: tl.cons
 ANALYSE = """
 import json, sys
 import torch
-from bench import compile_report
-from bench.ptx import global_accesses
-from bench.ttir import narrow_program_id_ops
+from bench.proof.ptx import global_accesses
+from bench.proof.triton_private import compile_for, specialise
+from bench.proof.ttir import narrow_program_id_ops
 from counter_example import row_copy, tile_copy
-from triton.compiler import compile as triton_compile
 
 
 def compiled(fn, args, kwargs):
-    launch = compile_report._Launch(fn, (8,), args, {**kwargs, "num_warps": 4})
-    src, options, _ = compile_report._specialise(launch, 90)
-    return triton_compile(src, target=compile_report._target(90), options=options).asm
+    src, options, _ = specialise(fn, args, {**kwargs, "num_warps": 4}, 90)
+    return compile_for(src, 90, options)
 
 
 x = torch.empty(8, 4096, dtype=torch.bfloat16, device="meta")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from layernorm_gpu.kernels import heuristics as h
@@ -79,3 +82,19 @@ def test_row_indices_are_int64_when_int32_could_wrap(config, n, m):
         assert m + rows_covered - 1 < 2**31
     if m > 2**31:
         assert cfg.int64_rows
+
+
+def test_heuristics_import_without_triton():
+    """The pure heuristics (and the package's config types) need neither Triton nor a GPU;
+    only the launchers import Triton, on first use."""
+    code = (
+        "import sys; sys.modules['triton'] = None; "
+        "import layernorm_gpu.kernels.heuristics as h; h.forward_config(8, 4096, 2); "
+        "from layernorm_gpu.kernels import NormConfig, Target; "
+        "import layernorm_gpu.kernels.registry; "
+        "import layernorm_gpu.kernels as k\n"
+        "try:\n    k.norm_fwd\nexcept ImportError:\n    pass\n"
+        "else:\n    raise AssertionError('the launcher imported without Triton')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ import torch
 from helpers import KERNEL_DTYPES, assert_close, make_input, tolerance
 from layernorm_gpu import kernels, ops
 from layernorm_gpu.dtypes import h_dtype as h_dtype_of
+from layernorm_gpu.kernels import registry
 from layernorm_gpu.kernels.rows import row_layout, vector_align
 
 # ragged widths, powers of two +- 1, a width of 1, and one above the 4096-wide tile
@@ -442,3 +446,38 @@ def test_vector_align_divides_the_width_and_every_stride(shape, n, view, align):
     _, layout = row_layout(x, 1)
     assert vector_align(n, layout) == align
     assert n % align == 0 and all(s % align == 0 for s in layout.strides)
+
+
+def test_every_launch_goes_through_the_registry_with_a_role_per_tensor():
+    """The seam of the traffic and compile reports: the launchers launch every kernel through
+    ``registry.launch``, and every tensor a launch passes has a role there."""
+    launches = []
+
+    def record(launch, run):
+        launches.append(launch)
+        run()
+
+    x, dy = make_input((9, 200), torch.float32), make_input((9, 200), torch.float32)
+    weight, bias = make_input(200, torch.float32), make_input(200, torch.float32)
+    with registry.intercepted(record):
+        for cfg in (None, _looped_config(9, 64)):
+            _run(x, weight, bias, dy, residual=dy, dh=dy, fwd_config=cfg, bwd_config=cfg)
+            _run(x, weight, None, dy, is_rms=True, fwd_config=cfg, bwd_config=cfg)
+    assert {launch.kernel.name for launch in launches} == {k.name for k in registry.KERNELS}
+    for launch in launches:
+        tensors = {n for n, a in launch.named_args().items() if isinstance(a, torch.Tensor)}
+        assert tensors <= set(launch.kernel.pointers), launch.kernel.name
+    for kernel in registry.KERNELS:
+        assert set(kernel.pointers) | set(kernel.row_scales) <= set(kernel.arg_names), kernel.name
+
+
+def test_the_launchers_shadow_their_modules_however_imported():
+    """``kernels.norm_fwd`` is the launcher even when its module is imported first."""
+    code = (
+        "import importlib; module = importlib.import_module('layernorm_gpu.kernels.norm_fwd'); "
+        "import layernorm_gpu.kernels as k; assert k.norm_fwd is module.norm_fwd; "
+        "from layernorm_gpu.kernels import norm_bwd; assert callable(norm_bwd)"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

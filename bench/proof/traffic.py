@@ -3,7 +3,7 @@
 Two parts:
 
 * Small problems through the public API (forward, then backward through autograd), traced with
-  :func:`bench.trace.trace`: per tensor, the bytes requested and the distinct bytes, how many
+  :func:`bench.proof.trace.trace`: per tensor, the bytes requested and the distinct bytes, how many
   times each element was read or written, the launches and the eager torch work around them,
   and the issue's structural targets checked on those numbers.
 * The big problem (16384 x 4096 bfloat16), too large for the interpreter: the per-launch,
@@ -14,7 +14,6 @@ Two parts:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -27,20 +26,23 @@ from layernorm_gpu.kernels.heuristics import (
     backward_config,
     forward_config,
 )
+from layernorm_gpu.kernels.registry import ROLES
 
+from ..tables import Table, fmt_bytes
 from .bytes_model import H100_BANDWIDTH, ByteCount, bytes_moved
-from .tables import Table, fmt_bytes
-from .trace import ROLES, Traffic, require_interpreter, trace
+from .trace import Traffic, require_interpreter, trace
 
 PARAMETER_ROLES = ("weight", "bias")
+# How the tables name a role (the others print as they are).
+LABELS = {"dw_partial": "dW partials", "db_partial": "dB partials", "c_scratch": "c1/c2 scratch"}
 
 
 @dataclass(frozen=True)
 class Case:
     """One norm problem: shape, dtype and which features are on."""
 
-    rows: int
-    cols: int
+    n_rows: int
+    n_cols: int
     dtype: torch.dtype = torch.bfloat16
     is_rms: bool = False
     has_weight: bool = True
@@ -57,14 +59,14 @@ class Case:
             kind = f"fused add+{kind}"
         affine = "+".join(n for n, on in (("w", self.has_weight), ("b", self.has_bias)) if on)
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"{kind} {dtype} {self.rows}x{self.cols} affine={affine or 'none'}"
+        return f"{kind} {dtype} {self.n_rows}x{self.n_cols} affine={affine or 'none'}"
 
     def byte_model(self, mode: str) -> ByteCount:
         """The byte model of ``mode`` (``"fwd"`` / ``"bwd"``) for this problem on an H100."""
         return bytes_moved(
             mode,
-            self.rows,
-            self.cols,
+            self.n_rows,
+            self.n_cols,
             self.elem_size,
             is_rms=self.is_rms,
             has_weight=self.has_weight,
@@ -95,17 +97,17 @@ def _inputs(case: Case, requires_grad: bool) -> dict[str, torch.Tensor | None]:
         return t.requires_grad_(requires_grad)
 
     return {
-        "x": rand(case.rows, case.cols),
-        "residual": rand(case.rows, case.cols) if case.fused_residual else None,
-        "weight": rand(case.cols) if case.has_weight else None,
-        "bias": rand(case.cols) if case.has_bias and not case.is_rms else None,
+        "x": rand(case.n_rows, case.n_cols),
+        "residual": rand(case.n_rows, case.n_cols) if case.fused_residual else None,
+        "weight": rand(case.n_cols) if case.has_weight else None,
+        "bias": rand(case.n_cols) if case.has_bias and not case.is_rms else None,
     }
 
 
 def _forward(case: Case, t: dict[str, torch.Tensor | None]) -> list[torch.Tensor]:
     import layernorm_gpu as lg
 
-    shape = (case.cols,)
+    shape = (case.n_cols,)
     if case.fused_residual and case.is_rms:
         return list(
             lg.fused_add_rms_norm(t["x"], t["residual"], shape, t["weight"], backend="triton")
@@ -166,7 +168,7 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
     """The issue's structural targets on measured traffic. Rows wider than a single block are
     read twice by design (the looped kernels make two passes); only launch counts, partial
     sizes and attribution are checked for them."""
-    tile = case.rows * case.cols
+    tile = case.n_rows * case.n_cols
     es = case.elem_size
     checks = [
         Check(
@@ -180,13 +182,13 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
             ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches),
         ),
     ]
-    for role in ("dW partials", "dB partials"):
+    for role in ("dw_partial", "db_partial"):
         shapes = [lc.shapes[role] for lc in bwd.launches if role in lc.shapes]
         if shapes:
             rows = shapes[0][0]
             checks.append(
                 Check(
-                    f"{role} <= SM count x N",
+                    f"{LABELS[role]} <= SM count x N",
                     rows <= target.sm_count,
                     f"{shapes[0]} float32 ({target.sm_count} SMs)",
                 )
@@ -198,8 +200,8 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
             f"{fwd.unattributed_bytes} + {bwd.unattributed_bytes} B unattributed",
         )
     )
-    fwd_single = forward_config(case.rows, case.cols, es, target).single_block
-    bwd_single = backward_config(case.rows, case.cols, es, target).single_block
+    fwd_single = forward_config(case.n_rows, case.n_cols, es, target).single_block
+    bwd_single = backward_config(case.n_rows, case.n_cols, es, target).single_block
     if fwd_single:
         checks.append(_read_once("forward", fwd, "x", tile * es))
         if case.fused_residual:
@@ -221,8 +223,7 @@ def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
     table = Table(title, ["tensor", "size", "DRAM model", "requested", "loads/elem", "stores/elem"])
     dram = requested = 0
     rereads = 0
-    order = list(ROLES.values())
-    for role, t in sorted(traffic.tensors.items(), key=lambda kv: order.index(kv[0])):
+    for role, t in sorted(traffic.tensors.items(), key=lambda kv: ROLES.index(kv[0])):
         distinct = t.distinct_loaded + t.distinct_stored
         asked = t.loaded + t.stored
         if role in PARAMETER_ROLES:
@@ -230,7 +231,7 @@ def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
         dram += distinct
         requested += asked
         table.add(
-            role,
+            LABELS.get(role, role),
             fmt_bytes(t.nbytes),
             fmt_bytes(distinct),
             fmt_bytes(asked),
@@ -299,16 +300,16 @@ _VALIDATION = (3, 2, 5)
 _METRICS = ("loaded", "stored", "distinct_loaded", "distinct_stored")
 
 
-def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traffic:
-    """Trace the launcher of ``mode`` alone (no autograd, random statistics) on ``rows`` rows
+def launcher_traffic(mode: str, case: Case, cfg: NormConfig, n_rows: int) -> Traffic:
+    """Trace the launcher of ``mode`` alone (no autograd, random statistics) on ``n_rows`` rows
     of ``case`` with launch config ``cfg``."""
+    from layernorm_gpu.kernels import norm_bwd, norm_fwd
+
     require_interpreter()
-    fwd_module = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
-    bwd_module = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
-    t = _inputs(replace(case, rows=rows), requires_grad=False)
+    t = _inputs(replace(case, n_rows=n_rows), requires_grad=False)
     if mode == "fwd":
         return trace(
-            lambda: fwd_module.norm_fwd(
+            lambda: norm_fwd(
                 t["x"],
                 t["residual"],
                 t["weight"],
@@ -320,12 +321,12 @@ def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traff
                 config=cfg,
             )
         )
-    dy = torch.randn(rows, case.cols).to(case.dtype)
+    dy = torch.randn(n_rows, case.n_cols).to(case.dtype)
     dh = dy.clone() if case.fused_residual else None
-    mean = torch.zeros(0 if case.is_rms else rows)  # RMSNorm: the forward's empty mean
-    rstd = torch.ones(rows)
+    mean = torch.zeros(0 if case.is_rms else n_rows)  # RMSNorm: the forward's empty mean
+    rstd = torch.ones(n_rows)
     return trace(
-        lambda: bwd_module.norm_bwd(
+        lambda: norm_bwd(
             dy,
             t["x"],
             t["weight"],
@@ -341,8 +342,8 @@ def launcher_traffic(mode: str, case: Case, cfg: NormConfig, rows: int) -> Traff
     )
 
 
-def _features(cfg: NormConfig, rows: int) -> list[int]:
-    return [1, cfg.grid, cfg.grid * cfg.tiles_per_program, rows]
+def _features(cfg: NormConfig, n_rows: int) -> list[int]:
+    return [1, cfg.grid, cfg.grid * cfg.tiles_per_program, n_rows]
 
 
 def _measurements(traffic: Traffic) -> dict[tuple[str, str], int]:
@@ -369,13 +370,13 @@ class Extrapolation:
 def extrapolate(mode: str, case: Case = BIG_CASE, target: Target = H100) -> Extrapolation:
     """Measure the per-unit bytes of ``case``'s real config and extrapolate to its full size."""
     config_of = forward_config if mode == "fwd" else backward_config
-    real = config_of(case.rows, case.cols, case.elem_size, target)
+    real = config_of(case.n_rows, case.n_cols, case.elem_size, target)
     runs = []
     for programs, tiles, row_tiles in (*_CALIBRATION, _VALIDATION):
         cfg = replace(real, grid=programs, tiles_per_program=tiles)
-        rows = row_tiles * real.rows_per_tile
-        traffic = launcher_traffic(mode, case, cfg, rows)
-        runs.append((_features(cfg, rows), _measurements(traffic)))
+        n_rows = row_tiles * real.rows_per_tile
+        traffic = launcher_traffic(mode, case, cfg, n_rows)
+        runs.append((_features(cfg, n_rows), _measurements(traffic)))
     keys = sorted(set().union(*(m for _, m in runs)))
     design = np.array([f for f, _ in runs[:4]], dtype=float)
     observed = np.array([[m.get(k, 0) for k in keys] for _, m in runs[:4]], dtype=float)
@@ -385,7 +386,7 @@ def extrapolate(mode: str, case: Case = BIG_CASE, target: Target = H100) -> Extr
     validated = bool(
         np.allclose(predicted, [check_values.get(k, 0) for k in keys], rtol=0, atol=0.5)
     )
-    full = np.array(_features(real, case.rows), dtype=float) @ per_unit
+    full = np.array(_features(real, case.n_rows), dtype=float) @ per_unit
     return Extrapolation(mode, real, dict(zip(keys, full.tolist(), strict=True)), validated)
 
 
@@ -431,25 +432,26 @@ def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
         "Per-launch, per-program, per-tile-slot and per-row bytes measured in the interpreter on "
         f"runs of 1-3 programs with the real block/rows/warps, fitted exactly (a 5th run "
         f"{_VALIDATION} checks the fit) and extrapolated to the real grid and "
-        f"{case.rows} rows; the byte model (bench/bytes_model.py) is shown for comparison.",
+        f"{case.n_rows} rows; the byte model (bench/proof/bytes_model.py) is shown for "
+        "comparison.",
         "DRAM model: distinct bytes per tensor (weight/bias and partial re-reads served by L2) "
         "plus eager fills; requested: every load/store the SMs issue, over the minimum.",
     ]
     return table, ok
 
 
-def prediction_table(rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -> Table:
+def prediction_table(n_rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -> Table:
     """Byte-model totals and predicted H100 times over the benchmark's hidden sizes."""
     table = Table(
-        f"Byte model: LayerNorm {str(dtype).removeprefix('torch.')} x {rows} rows, "
+        f"Byte model: LayerNorm {str(dtype).removeprefix('torch.')} x {n_rows} rows, "
         "predicted H100 time at 3.0 TB/s",
         ["N", "fwd bytes", "fwd ratio", "fwd time", "bwd bytes", "bwd ratio", "bwd time"],
     )
-    for cols in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144):
-        case = Case(rows, cols, dtype)
+    for n_cols in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144):
+        case = Case(n_rows, n_cols, dtype)
         f, b = case.byte_model("fwd"), case.byte_model("bwd")
         table.add(
-            cols,
+            n_cols,
             fmt_bytes(f.total),
             f"{f.ratio:.3f}",
             f"{f.seconds(H100_BANDWIDTH) * 1e6:.1f} us",

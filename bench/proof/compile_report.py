@@ -3,18 +3,21 @@ and sm_90 (no GPU, no driver), with its registers, spills, shared memory, occupa
 accesses and 64-bit row offsets.
 
 How a specialisation is made exactly as a real launch would make it: the real launcher
-(``norm_fwd`` / ``norm_bwd``) runs on ``meta`` tensors with the kernel objects swapped for
-recorders, so the grid, arguments and constexprs are the ones a CUDA call would pass; Triton's
-own JIT binder then specialises them (pointers 16-byte aligned, as PyTorch's CUDA allocator
-guarantees, get ``tt.divisibility=16``; so do ints divisible by 16; ints equal to 1 become
-constexprs) and ``triton.compile`` builds the cubin for ``GPUTarget("cuda", arch, 32)``.
+(``norm_fwd`` / ``norm_bwd``) runs on ``meta`` tensors with its launches intercepted and
+recorded instead of run (``layernorm_gpu.kernels.registry``), so the grid, arguments and
+constexprs are the ones a CUDA call would pass; Triton's own JIT binder then specialises them
+(pointers 16-byte aligned, as PyTorch's CUDA allocator guarantees, get ``tt.divisibility=16``;
+so do ints divisible by 16; ints equal to 1 become constexprs) and the specialisation is
+compiled for ``GPUTarget("cuda", arch, 32)`` (:mod:`bench.proof.triton_private`).
 
 Per kernel: ``cuobjdump --dump-resource-usage`` (the copy shipped in the Triton wheel) gives
 registers per thread, STACK and LOCAL bytes (spills) and shared memory; the PTX gives the
 128-bit (``.v4.b32``) global loads/stores, which tensor each access touches and whether its
-row offset was computed with 64-bit multiplies (:mod:`bench.ptx`). Occupancy is warps per SM
-from registers (65536 per SM, allocated per warp in units of 256), shared memory and the
-64-warp / 32-block limits of sm_80 and sm_90.
+row offset was computed with 64-bit multiplies (:mod:`bench.proof.ptx`); in launches over more
+rows than int32 indexes, the TTIR shows every row index formed in 64-bit arithmetic
+(:mod:`bench.proof.ttir`). Tensors are known by the role the registry gives each pointer
+argument. Occupancy is warps per SM from registers (65536 per SM, allocated per warp in units
+of 256), shared memory and the 64-warp / 32-block limits of sm_80 and sm_90.
 
 The kernels must be compiled kernels (``triton.jit``), not the interpreter's: when this process
 runs them interpreted (``TRITON_INTERPRET=1``), the compiles run in a child process.
@@ -23,8 +26,6 @@ runs them interpreted (``TRITON_INTERPRET=1``), the compiles run in a child proc
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import math
 import os
@@ -33,17 +34,18 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from layernorm_gpu.kernels import registry
 from layernorm_gpu.kernels.heuristics import MAX_INT32_ROWS
 
+from ..tables import Table
+from . import triton_private
 from .ptx import global_accesses, widths_by_pointer
-from .tables import Table
 from .ttir import narrow_program_id_ops
 
 ARCHS = (80, 90)
@@ -55,12 +57,11 @@ MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
 SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
 SHARED_RESERVED_PER_BLOCK = 1024
-# Row-addressed tensors (their offsets multiply a row index by a stride or N) and the tensors
-# whose tile accesses must be 128-bit (x, residual, dy, dh loaded; y, h, dx stored).
-ROW_TENSORS = {"X", "R", "H", "Y", "DY", "DH", "DX", "DW_partial", "DB_partial"}
-TILE_LOADS = {"X", "R", "H", "DY", "DH"}
-TILE_STORES = {"Y", "H", "DX"}
-REPO = Path(__file__).resolve().parents[1]
+# The roles whose tile accesses must be 128-bit (x, residual, h, dy, dh loaded; y, h, dx
+# stored); row-addressed roles are the registry's.
+TILE_LOADS = {"x", "residual", "h", "dy", "dh"}
+TILE_STORES = {"y", "h", "dx"}
+REPO = Path(__file__).resolve().parents[2]
 # More rows than int32 can index (a (2**31 + 5, N) tensor, on meta: nothing is allocated): the
 # launches that need int64 row indices.
 HUGE_ROWS = 2**31 + 5
@@ -72,18 +73,18 @@ class Variant:
 
     op: str  # "fwd" or "bwd" (the backward also launches the partial-sum kernel)
     dtype: str
-    cols: int
+    n_cols: int
     is_rms: bool = False
     has_weight: bool = True
     has_bias: bool = True
     fused_residual: bool = False
-    rows: int = 16384
+    n_rows: int = 16384
 
     def label(self) -> str:
         kind = ("add+" if self.fused_residual else "") + ("RMS" if self.is_rms else "LN")
         affine = "".join(n for n, on in (("w", self.has_weight), ("b", self.has_bias)) if on)
-        huge = f" M={self.rows}" if self.rows == HUGE_ROWS else ""
-        return f"{kind} {SHORT[self.dtype]} N={self.cols} {affine or 'no-affine'}{huge}"
+        huge = f" M={self.n_rows}" if self.n_rows == HUGE_ROWS else ""
+        return f"{kind} {SHORT[self.dtype]} N={self.n_cols} {affine or 'no-affine'}{huge}"
 
 
 @dataclass
@@ -148,65 +149,23 @@ def variants(full: bool = False) -> list[Variant]:
     flavours = _flavours(full)
     huge_flavours = flavours if full else [f for f in flavours if not f["fused_residual"]]
     return [
-        Variant(op, dtype, cols, **flavour)
+        Variant(op, dtype, n_cols, **flavour)
         for op in ("fwd", "bwd")
         for dtype in dtypes
-        for cols in widths[op]
+        for n_cols in widths[op]
         for flavour in flavours
     ] + [
-        Variant(op, dtype, cols, rows=HUGE_ROWS, **flavour)
+        Variant(op, dtype, n_cols, n_rows=HUGE_ROWS, **flavour)
         for op in ("fwd", "bwd")
         for dtype in dtypes
-        for cols in (1, 4096, 65536)
+        for n_cols in (1, 4096, 65536)
         for flavour in huge_flavours
     ]
 
 
-@dataclass
-class _Launch:
-    fn: object
-    grid: tuple
-    args: tuple
-    kwargs: dict
-
-
-class _LaunchRecorder:
-    """Stands in for a kernel object: ``kernel[grid](*args, **kwargs)`` records the launch."""
-
-    def __init__(self, fn, launches: list[_Launch]) -> None:
-        self.fn, self.launches = fn, launches
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append(_Launch(self.fn, tuple(grid), args, kwargs))
-
-        return launch
-
-
-@contextlib.contextmanager
-def _recording(launches: list[_Launch]) -> Iterator[None]:
-    modules = [
-        importlib.import_module(f"layernorm_gpu.kernels.{m}") for m in ("norm_fwd", "norm_bwd")
-    ]
-    names = (
-        "_norm_fwd_single_block_kernel",
-        "_norm_fwd_looped_kernel",
-        "_norm_bwd_single_block_kernel",
-        "_norm_bwd_looped_kernel",
-        "_sum_partials_kernel",
-    )
-    saved = [(m, n, getattr(m, n)) for m in modules for n in names if hasattr(m, n)]
-    for module, name, fn in saved:
-        setattr(module, name, _LaunchRecorder(fn, launches))
-    try:
-        yield
-    finally:
-        for module, name, fn in saved:
-            setattr(module, name, fn)
-
-
-def launches_of(variant: Variant, arch: int) -> list[_Launch]:
-    """The launches the real launcher makes for ``variant`` on ``arch`` (meta tensors)."""
+def launches_of(variant: Variant, arch: int) -> list[registry.Launch]:
+    """The launches the real launcher makes for ``variant`` on ``arch`` (meta tensors),
+    recorded instead of run."""
     from layernorm_gpu.kernels import A100, H100, norm_bwd, norm_fwd
 
     target = {80: A100, 90: H100}[arch]
@@ -215,12 +174,12 @@ def launches_of(variant: Variant, arch: int) -> list[_Launch]:
     def meta(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, dtype=dtype, device="meta")
 
-    x = meta(variant.rows, variant.cols)
-    residual = meta(variant.rows, variant.cols) if variant.fused_residual else None
-    weight = meta(variant.cols) if variant.has_weight else None
-    bias = meta(variant.cols) if variant.has_bias and not variant.is_rms else None
-    launches: list[_Launch] = []
-    with _recording(launches):
+    x = meta(variant.n_rows, variant.n_cols)
+    residual = meta(variant.n_rows, variant.n_cols) if variant.fused_residual else None
+    weight = meta(variant.n_cols) if variant.has_weight else None
+    bias = meta(variant.n_cols) if variant.has_bias and not variant.is_rms else None
+    launches: list[registry.Launch] = []
+    with registry.intercepted(lambda launch, run: launches.append(launch)):
         if variant.op == "fwd":
             norm_fwd(
                 x,
@@ -234,7 +193,7 @@ def launches_of(variant: Variant, arch: int) -> list[_Launch]:
                 target=target,
             )
         else:
-            stats = torch.empty(variant.rows, device="meta")
+            stats = torch.empty(variant.n_rows, device="meta")
             norm_bwd(
                 x,
                 x,
@@ -251,29 +210,12 @@ def launches_of(variant: Variant, arch: int) -> list[_Launch]:
     return launches
 
 
-def _specialise(launch: _Launch, arch: int):
-    """(ASTSource, options, signature) exactly as Triton's JIT would build them for a launch."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-
-    fn = launch.fn
-    backend = make_backend(GPUTarget("cuda", arch, 32))
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, launch.kwargs, bound, specialization, options
-    )
-    return ASTSource(fn, signature, constexprs, attrs), options.__dict__, signature
-
-
 def _resource_usage(cubin: bytes) -> dict[str, int]:
-    tool = Path(importlib.import_module("triton").__file__).parent / "backends/nvidia/bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         out = subprocess.run(
-            [str(tool / "cuobjdump"), "--dump-resource-usage", f.name],
+            [str(triton_private.cuobjdump()), "--dump-resource-usage", f.name],
             check=True,
             capture_output=True,
             text=True,
@@ -301,39 +243,42 @@ def warps_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
 def _analyse_ptx(
     ptx: str,
     signature: dict[str, str],
-    kwargs: dict,
+    launch: registry.Launch,
     dtype_bytes: dict[str, int],
     report: KernelReport,
 ) -> None:
     """Fill the 128-bit and 64-bit-offset fields of ``report`` from the PTX."""
+    kernel, kwargs = launch.kernel, launch.kwargs
     runtime_args = [name for name, ty in signature.items() if ty != "constexpr"]
     index = {name: i for i, name in enumerate(runtime_args)}
     pointers = {i: name for name, i in index.items() if signature[name].startswith("*")}
-    strides = {i for name, i in index.items() if re.fullmatch(r"\w+_s[012]|n_cols", name)}
-    accesses = global_accesses(ptx, set(pointers), strides)
+    row_scales = {i for name, i in index.items() if name in kernel.row_scales}
+    accesses = global_accesses(ptx, set(pointers), row_scales)
     report.ld_v4 = sum(a.bits == 128 and not a.is_store for a in accesses)
     report.st_v4 = sum(a.bits == 128 and a.is_store for a in accesses)
     # A row offset with no multiply at all (every row scale specialised to 1, as at N = 1) is
     # the row index itself, whose width the TTIR check establishes.
     for a in accesses:
-        if pointers.get(a.pointer) in ROW_TENSORS and a.narrow_muls:
+        role = kernel.pointers.get(pointers.get(a.pointer, ""))
+        if role in registry.ROW_ADDRESSED_ROLES and a.narrow_muls:
             report.offsets_64bit = False
     rows, block_n = kwargs.get("ROWS_PER_TILE", 1), kwargs.get("BLOCK_N", 0)
     # The looped LayerNorm forward loads one element per row (its pivot) of x and residual
     # besides the tiles.
-    looped_ln = report.kernel == "_norm_fwd_looped_kernel" and not kwargs["IS_RMS"]
+    looped_ln = kernel.op == "fwd" and kernel.looped and not kwargs["IS_RMS"]
     pivots = rows if looped_ln else 0
     described = []
     for (pointer, is_store), widths in sorted(
         widths_by_pointer(accesses).items(), key=lambda kv: (str(kv[0][0]), kv[0][1])
     ):
         name = pointers.get(pointer, "?")
-        if name not in (TILE_STORES if is_store else TILE_LOADS):
+        role = kernel.pointers.get(name)
+        if role not in (TILE_STORES if is_store else TILE_LOADS):
             continue
         per_thread = rows * block_n * dtype_bytes[name] // (32 * report.num_warps)
         wide = widths[128] * 16
         narrow = sum(n for bits, n in widths.items() if bits != 128)
-        allowed = pivots if name in ("X", "R") and not is_store else 0
+        allowed = pivots if role in ("x", "residual") and not is_store else 0
         if per_thread >= 16 and (wide < per_thread or narrow > allowed):
             report.vectorized = False
         described.append(
@@ -343,33 +288,31 @@ def _analyse_ptx(
     report.tile_widths = "; ".join(described)
 
 
-def _rows_covered(launch: _Launch, named_args: dict) -> int:
+def _rows_covered(launch: registry.Launch) -> int:
     """The rows a launch's programs walk (grid x tiles per program x rows per tile; 0 for the
     partial sum, whose programs walk columns): past MAX_INT32_ROWS its row indices must be
     formed in 64-bit arithmetic."""
-    if "tiles_per_program" not in named_args:
+    if not launch.kernel.programs_walk_rows:
         return 0
-    return launch.grid[0] * named_args["tiles_per_program"] * launch.kwargs["ROWS_PER_TILE"]
+    named = launch.named_args()
+    return launch.grid[0] * named["tiles_per_program"] * named["ROWS_PER_TILE"]
 
 
-def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport:
+def compile_launch(variant: Variant, arch: int, launch: registry.Launch) -> KernelReport:
     """Compile one launch for ``arch`` and measure it."""
-    import triton
-
-    kwargs = launch.kwargs
-    if "BLOCK_P" in kwargs:
-        config = f"{kwargs['BLOCK_P']}x{kwargs['BLOCK_N']}"
-    else:
-        loop = " loop" if "looped" in launch.fn.__name__ else ""
-        wide = " int64 rows" if kwargs.get("INT64_ROWS") else ""
-        config = f"{kwargs['ROWS_PER_TILE']}x{kwargs['BLOCK_N']}{loop}{wide}"
+    kernel, kwargs = launch.kernel, launch.kwargs
     label = variant.label()
-    if launch.fn.__name__ == "_sum_partials_kernel":
+    if kernel.op == "sum_partials":
+        config = f"{kwargs['BLOCK_P']}x{kwargs['BLOCK_N']}"
         sums = "+".join(g for g in ("dW", "dB") if kwargs[f"COMPUTE_{g.upper()}"])
         label = f"{sums} -> {SHORT[variant.dtype]}"
+    else:
+        loop = " loop" if kernel.looped else ""
+        wide = " int64 rows" if kwargs["INT64_ROWS"] else ""
+        config = f"{kwargs['ROWS_PER_TILE']}x{kwargs['BLOCK_N']}{loop}{wide}"
     report = KernelReport(
         label,
-        launch.fn.__name__,
+        kernel.name,
         arch,
         kwargs["num_warps"],
         f"{config} {kwargs['num_warps']}w grid {launch.grid[0]}",
@@ -377,26 +320,25 @@ def compile_launch(variant: Variant, arch: int, launch: _Launch) -> KernelReport
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Triton 3.9's FP-fusion default notice
-            src, options, signature = _specialise(launch, arch)
+            src, options, signature = triton_private.specialise(
+                kernel.fn, launch.args, kwargs, arch
+            )
             report.key = src.hash()
-            kernel = triton.compile(src, target=_target(arch), options=options)
-        report.__dict__.update(_resource_usage(kernel.asm["cubin"]))
+            asm = triton_private.compile_for(src, arch, options)
+        report.__dict__.update(_resource_usage(asm["cubin"]))
         report.warps_per_sm = warps_per_sm(report.regs, report.num_warps, report.shared, arch)
-        names = dict(zip(launch.fn.arg_names, launch.args, strict=False))
-        dtype_bytes = {n: t.element_size() for n, t in names.items() if isinstance(t, torch.Tensor)}
-        _analyse_ptx(kernel.asm["ptx"], signature, kwargs, dtype_bytes, report)
-        if _rows_covered(launch, names) > MAX_INT32_ROWS:  # else its rows fit int32
-            report.narrow_row_index = "; ".join(narrow_program_id_ops(kernel.asm["ttir"]))
+        dtype_bytes = {
+            name: t.element_size()
+            for name, t in launch.named_args().items()
+            if isinstance(t, torch.Tensor)
+        }
+        _analyse_ptx(asm["ptx"], signature, launch, dtype_bytes, report)
+        if _rows_covered(launch) > MAX_INT32_ROWS:  # else its rows fit int32
+            report.narrow_row_index = "; ".join(narrow_program_id_ops(asm["ttir"]))
             report.offsets_64bit &= not report.narrow_row_index
     except Exception as e:  # a failed compile is a result to report, not a crash
         report.error = f"{type(e).__name__}: {e}"[:300]
     return report
-
-
-def _target(arch: int):
-    from triton.backends.compiler import GPUTarget
-
-    return GPUTarget("cuda", arch, 32)
 
 
 def _compile_variant(variant: Variant, arch: int) -> list[KernelReport]:
@@ -404,10 +346,7 @@ def _compile_variant(variant: Variant, arch: int) -> list[KernelReport]:
 
 
 def _kernels_interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    module = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
-    return isinstance(module._norm_fwd_single_block_kernel, InterpretedFunction)
+    return any(triton_private.is_interpreted(kernel.fn) for kernel in registry.KERNELS)
 
 
 def compile_all(
@@ -446,7 +385,7 @@ def _compile_in_child(
         }
     )
     done = subprocess.run(
-        [sys.executable, "-m", "bench.compile_report", "--json"],
+        [sys.executable, "-m", "bench.proof.compile_report", "--json"],
         input=request,
         capture_output=True,
         text=True,
@@ -490,7 +429,7 @@ def report_table(reports: list[KernelReport], title: str) -> tuple[Table, bool]:
             )
             continue
         table.add(
-            r.kernel.removeprefix("_").removesuffix("_kernel"),
+            r.kernel,
             r.variant,
             r.arch,
             r.config,
@@ -531,9 +470,9 @@ def alignment_variants(full: bool = False) -> list[Variant]:
     float32)."""
     dtypes = list(ALIGNMENT_WIDTHS) if full else ["bfloat16", "float32"]
     return [
-        Variant(op, dtype, cols)
+        Variant(op, dtype, n_cols)
         for dtype in dtypes
-        for cols in ALIGNMENT_WIDTHS[dtype]
+        for n_cols in ALIGNMENT_WIDTHS[dtype]
         for op in ("fwd", "bwd")
     ]
 
@@ -555,16 +494,16 @@ def alignment_table(reports: list[KernelReport]) -> tuple[Table, bool]:
     )
     all_ok = True
     for r in reports:
-        if r.kernel == "_sum_partials_kernel" or r.arch != 90:
+        if r.kernel == "sum_partials" or r.arch != 90:
             continue
         dtype = next(d for d, short in SHORT.items() if f" {short} " in f" {r.variant} ")
-        cols = int(re.search(r"N=(\d+)", r.variant).group(1))
-        row_bytes = cols * DTYPES[dtype].itemsize
+        n_cols = int(re.search(r"N=(\d+)", r.variant).group(1))
+        row_bytes = n_cols * DTYPES[dtype].itemsize
         aligned = row_bytes % 16 == 0
         ok = r.vectorized or not aligned
         all_ok &= ok
         table.add(
-            r.kernel.removeprefix("_").removesuffix("_kernel"),
+            r.kernel,
             r.variant,
             row_bytes,
             "yes" if aligned else "no",
@@ -602,7 +541,7 @@ def _main() -> None:
         )
         print(json.dumps([asdict(r) for r in reports]))
         return
-    from .tables import print_table
+    from ..tables import print_table
 
     table, ok = report_table(
         compile_all(variants(args.full), jobs=args.jobs),

@@ -2,10 +2,11 @@
 
 Inside :func:`trace`, every ``tl.load`` / ``tl.store`` of an interpreted kernel reports the
 addresses of its masked-in elements (masked-out lanes move no bytes), every launch reports its
-kernel, grid and tensor arguments, and every torch op that runs between launches (outside the
+kernel, grid and tensor arguments (through ``layernorm_gpu.kernels.registry``, whose launch
+path the launchers take), and every torch op that runs between launches (outside the
 interpreter's own bookkeeping) is logged as eager work. Addresses are attributed to tensors by
 matching them against the storage ranges of the launches' tensor arguments, and each tensor is
-named after its role in the math (the kernel argument it was passed as, see ``ROLES``).
+named after its role in the math, as the registry declares it for that kernel argument.
 
 The kernels must have been imported with ``TRITON_INTERPRET=1`` (CPU tensors; ``python -m
 bench`` and the tests' conftest set it without CUDA); see :func:`require_interpreter`.
@@ -13,36 +14,16 @@ bench`` and the tests' conftest set it without CUDA); see :func:`require_interpr
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# Kernel argument -> role of the tensor in the math. The same storage passed to two kernels
-# (the dW/dB partials: written by the backward, read by the partial-sum kernel) keeps one role.
-ROLES = {
-    "X": "x",
-    "R": "residual",
-    "H": "h",
-    "Y": "y",
-    "W": "weight",
-    "B": "bias",
-    "Mean": "mean",
-    "Rstd": "rstd",
-    "DY": "dy",
-    "DH": "dh",
-    "DX": "dx",
-    "DW_partial": "dW partials",
-    "DB_partial": "dB partials",
-    "C": "c1/c2 scratch",
-    "DW": "dweight",
-    "DB": "dbias",
-}
+from layernorm_gpu.kernels import registry
+
+from .triton_private import interpreter_accesses, is_interpreted
 
 # Torch ops that allocate, alias or only read metadata: no memory traffic of their own.
 _NO_TRAFFIC = {
@@ -73,7 +54,9 @@ _FILLS = {"zeros", "zeros_like", "new_zeros", "ones", "ones_like", "full", "fill
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch: name, grid, and the shape of each tensor argument by role."""
+    """One kernel launch: its registry name, grid, and the shape of each tensor argument by
+    role (the same storage passed to two kernels, e.g. the dW partials written by the backward
+    and summed by the partial-sum kernel, keeps one role)."""
 
     kernel: str
     grid: tuple[int, ...]
@@ -129,10 +112,7 @@ class Traffic:
 
 def require_interpreter() -> None:
     """Raise unless the kernels run in the interpreter (imported with ``TRITON_INTERPRET=1``)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    fwd = importlib.import_module("layernorm_gpu.kernels.norm_fwd")
-    if not isinstance(fwd._norm_fwd_single_block_kernel, InterpretedFunction):
+    if not all(is_interpreted(kernel.fn) for kernel in registry.KERNELS):
         raise RuntimeError(
             "the traffic report runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1 "
             "before layernorm_gpu's kernels are imported"
@@ -157,24 +137,31 @@ class _Recorder(TorchDispatchMode):
         self.eager: list[EagerOp] = []
         self.in_launch = False
 
-    def record_access(self, ptrs, mask, is_store: bool) -> None:
-        mask = np.broadcast_to(mask.data, ptrs.data.shape)
-        elem_size = ptrs.get_element_ty().primitive_bitwidth // 8
-        self.accesses.append(_Access(ptrs.data[mask].astype(np.uint64), elem_size, is_store))
+    def record_access(self, addresses: np.ndarray, elem_size: int, is_store: bool) -> None:
+        self.accesses.append(_Access(addresses, elem_size, is_store))
 
-    def record_launch(self, fn: Callable, grid, named_args: dict) -> None:
+    def on_launch(self, launch: registry.Launch, run: Callable[[], None]) -> None:
+        """Record a launch's tensors by role, then run it (its own torch work is not eager)."""
         shapes = {}
-        for name, arg in named_args.items():
+        for name, arg in launch.named_args().items():
             if not isinstance(arg, torch.Tensor):
                 continue
-            role = ROLES.get(name, name)
+            role = launch.kernel.pointers.get(name)
+            if role is None:
+                raise RuntimeError(
+                    f"{launch.kernel.name}: tensor argument {name!r} has no role in the registry"
+                )
             shapes[role] = tuple(arg.shape)
             storage = arg.untyped_storage()
             if storage.nbytes() == 0:
                 continue
             self.storages[storage.data_ptr()] = (storage.data_ptr() + storage.nbytes(), role)
-        grid = tuple(grid) if isinstance(grid, tuple | list) else (grid,)
-        self.launches.append(Launch(fn.__name__, grid, shapes))
+        self.launches.append(Launch(launch.kernel.name, launch.grid, shapes))
+        self.in_launch = True
+        try:
+            run()
+        finally:
+            self.in_launch = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -213,47 +200,6 @@ class _Recorder(TorchDispatchMode):
             return
         read = sum(t.numel() * t.element_size() for t in inputs)
         self.eager.append(EagerOp(label, "compute", read + written))
-
-
-@contextlib.contextmanager
-def _hooks(recorder: _Recorder) -> Iterator[None]:
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    real_load, real_store = builder.create_masked_load, builder.create_masked_store
-    real_call = interpreter.GridExecutor.__call__
-    real_init = interpreter.GridExecutor._init_args_hst
-
-    def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
-        recorder.record_access(ptrs, mask, is_store=False)
-        return real_load(self, ptrs, mask, other, cache_policy, is_volatile)
-
-    def masked_store(self, ptrs, value, mask, cache_policy):
-        recorder.record_access(ptrs, mask, is_store=True)
-        return real_store(self, ptrs, value, mask, cache_policy)
-
-    def init_args(self, args_dev, kwargs):
-        args_hst, kwargs_hst = real_init(self, args_dev, kwargs)
-        named = inspect.getcallargs(self.fn, *args_hst, **kwargs_hst)
-        recorder.record_launch(self.fn, self.grid, named)
-        return args_hst, kwargs_hst
-
-    def call(self, *args, **kwargs):
-        recorder.in_launch = True
-        try:
-            return real_call(self, *args, **kwargs)
-        finally:
-            recorder.in_launch = False
-
-    builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
-    interpreter.GridExecutor.__call__ = call
-    interpreter.GridExecutor._init_args_hst = init_args
-    try:
-        yield
-    finally:
-        builder.create_masked_load, builder.create_masked_store = real_load, real_store
-        interpreter.GridExecutor.__call__ = real_call
-        interpreter.GridExecutor._init_args_hst = real_init
 
 
 def _histogram(addresses: np.ndarray) -> dict[int, int]:
@@ -305,7 +251,11 @@ def trace(fn: Callable[[], object]) -> Traffic:
     """Run ``fn`` (which launches interpreted kernels on CPU tensors) and return its traffic."""
     require_interpreter()
     recorder = _Recorder()
-    with _hooks(recorder), recorder:
+    with (
+        registry.intercepted(recorder.on_launch),
+        interpreter_accesses(recorder.record_access),
+        recorder,
+    ):
         fn()
     tensors, unattributed = _attribute(recorder)
     return Traffic(recorder.launches, tensors, recorder.eager, unattributed)

@@ -50,8 +50,8 @@ class ByteCount:
 
 def bytes_moved(
     mode: str,
-    rows: int,
-    cols: int,
+    n_rows: int,
+    n_cols: int,
     elem_size: int,
     *,
     is_rms: bool = False,
@@ -62,8 +62,8 @@ def bytes_moved(
     h_elem_size: int | None = None,
     target: Target = H100,
 ) -> ByteCount:
-    """DRAM bytes of the forward (``mode="fwd"``) or backward (``"bwd"``) of ``rows`` rows of
-    ``cols`` elements, for the launch config the heuristics pick on ``target``.
+    """DRAM bytes of the forward (``mode="fwd"``) or backward (``"bwd"``) of ``n_rows`` rows of
+    ``n_cols`` elements, for the launch config the heuristics pick on ``target``.
 
     Args:
         elem_size: bytes per element of x, y, dy (and residual).
@@ -98,17 +98,17 @@ def bytes_moved(
     w_es = weight_elem_size or elem_size
     h_es = h_elem_size or elem_size
     has_bias = has_bias and not is_rms
-    tile = rows * cols
-    stats = rows * FLOAT32
+    tile = n_rows * n_cols
+    stats = n_rows * FLOAT32
     terms: dict[str, int] = {}
     if mode == "fwd":
-        cfg = forward_config(rows, cols, elem_size, target)
+        cfg = forward_config(n_rows, n_cols, elem_size, target)
         terms["x read"] = tile * elem_size
         if fused_residual:
             terms["residual read"] = tile * elem_size
             terms["h write"] = tile * h_es
-        terms["weight read"] = cols * w_es if has_weight else 0
-        terms["bias read"] = cols * w_es if has_bias else 0
+        terms["weight read"] = n_cols * w_es if has_weight else 0
+        terms["bias read"] = n_cols * w_es if has_bias else 0
         terms["y write"] = tile * elem_size
         terms["mean write"] = 0 if is_rms else stats
         terms["rstd write"] = stats
@@ -120,20 +120,20 @@ def bytes_moved(
         return ByteCount(minimum, terms)
     if mode != "bwd":
         raise ValueError(f"mode must be 'fwd' or 'bwd', got {mode!r}")
-    cfg = backward_config(rows, cols, elem_size, target)
+    cfg = backward_config(n_rows, n_cols, elem_size, target)
     x_es = h_es if fused_residual else elem_size
-    partials = cfg.grid * cols * FLOAT32
+    partials = cfg.grid * n_cols * FLOAT32
     terms["x read"] = tile * x_es
     terms["dy read"] = tile * elem_size
     if fused_residual:
         terms["dh read"] = tile * h_es
-    terms["weight read"] = cols * w_es if has_weight else 0
+    terms["weight read"] = n_cols * w_es if has_weight else 0
     terms["mean read"] = 0 if is_rms else stats
     terms["rstd read"] = stats
     terms["dx write"] = tile * x_es
     terms["dW partials write+read"] = 2 * partials if has_weight else 0
     terms["dB partials write+read"] = 2 * partials if has_bias else 0
-    terms["dW/dB write"] = cols * w_es * (has_weight + has_bias)
+    terms["dW/dB write"] = n_cols * w_es * (has_weight + has_bias)
     if not cfg.single_block:
         terms["pass-2 re-read"] = tile * (x_es + elem_size)
         terms["c1/c2 scratch"] = 2 * 2 * stats

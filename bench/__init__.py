@@ -5,5 +5,6 @@ report on the real kernels in Triton's interpreter, the offline compile report) 
 :mod:`bench.findings` states their results as targets with verdicts; :mod:`bench.cpu` times the
 CPU fallback against torch and checks the kernels' accuracy. :mod:`bench.verdicts`,
 :mod:`bench.progress`, :mod:`bench.tables` and :mod:`bench.cache` are the reporting.
-``bench/train.py`` (a loss-curve comparison on a tiny GPT) runs as a script.
+``python -m bench.train`` compares loss curves of a tiny transformers Llama (:mod:`bench.model`)
+with its own norms and with ours.
 """

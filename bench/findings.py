@@ -30,7 +30,7 @@ def problem(case: traffic.Case) -> str:
     params = [name for name, on in (("weight", case.has_weight), ("bias", case.has_bias)) if on]
     if case.is_rms:
         params = [p for p in params if p != "bias"]
-    return f"{kind}, {dtype}, {case.rows} × {case.cols}, {'+'.join(params) or 'no weight'}"
+    return f"{kind}, {dtype}, {case.n_rows} × {case.n_cols}, {'+'.join(params) or 'no weight'}"
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,11 @@ def compile_table(
 
     # The alignment check: LayerNorm at row widths 16-byte aligned or not (sm_90 only).
     by_label = {v.label(): v for v in alignment_variants}
-    rows = [r for r in aligned if r.kernel != "_sum_partials_kernel" and r.arch == 90]
+    rows = [r for r in aligned if r.kernel != "sum_partials" and r.arch == 90]
 
     def row_aligned(r: compile_report.KernelReport) -> bool:
         v = by_label[r.variant]
-        return v.cols * compile_report.DTYPES[v.dtype].itemsize % 16 == 0
+        return v.n_cols * compile_report.DTYPES[v.dtype].itemsize % 16 == 0
 
     aligned_rows = [r for r in rows if row_aligned(r)]
     unaligned_rows = [r for r in rows if not row_aligned(r)]

@@ -93,17 +93,31 @@ def _forward(x, weight, bias, eps, is_rms, weight_offset, x_hat_dtype=None):
         y = centred.mul_(rstd[..., None]) if in_place else centred * rstd[..., None]
     if x_hat_dtype is not None:
         y = y.to(x_hat_dtype).to(acc)
-    if weight is not None:
-        scale = weight.to(acc) + weight_offset
-        y = y.mul_(scale) if in_place else y * scale
-    if bias is not None:
-        y = y.add_(bias.to(acc)) if in_place else y + bias.to(acc)
+    scale = None if weight is None else weight.to(acc) + weight_offset
+    shift = None if bias is None else bias.to(acc)
+    if in_place and scale is not None and shift is not None:
+        y = torch.addcmul(shift, y, scale, out=y)  # one pass for both
+    else:
+        if scale is not None:
+            y = y.mul_(scale) if in_place else y * scale
+        if shift is not None:
+            y = y.add_(shift) if in_place else y + shift
     return y, mean, rstd
 
 
 def _column_sum(t: torch.Tensor, n: int) -> torch.Tensor:
     """Sum over all rows of ``t (..., N)``: ``(N,)``."""
     return t.reshape(math.prod(t.shape[:-1]), n).sum(dim=0)
+
+
+def _row_dot(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Per-row ``sum(t * scale)`` (keepdim), without a full-size temporary when ``scale`` is
+    one vector (a matrix-vector product)."""
+    if scale is None:
+        return t.sum(dim=-1, keepdim=True)
+    if scale.dim() == 1:
+        return (t @ scale)[..., None]
+    return (t * scale).sum(dim=-1, keepdim=True)
 
 
 def _backward(
@@ -148,20 +162,25 @@ def _backward(
         x_hat_into(buf).mul_(dyf)  # dy * x_hat
         if need_dweight:
             dweight = _column_sum(buf, n)
-        if scale is not None:
-            buf.mul_(scale)  # g * x_hat
-        c1 = buf.mean(dim=-1, keepdim=True)
-        c2 = None
-        if not is_rms:
-            g = dyf if scale is None else torch.mul(dyf, scale, out=buf)
-            c2 = g.mean(dim=-1, keepdim=True)
-        dx = x_hat_into(buf).mul_(-c1)  # -x_hat * c1
+        c1 = _row_dot(buf, scale) / n  # mean(g * x_hat), g = dy * scale
+        c2 = None if is_rms else _row_dot(dyf, scale) / n  # mean(g)
+        # dx = rstd * (g - c2 - x_hat * c1), in as few passes as the layout allows
+        if x_is_y:
+            dx = x_hat_into(buf).mul_(-c1)
+            if c2 is not None:
+                dx.sub_(c2)
+        else:
+            # x_hat * c1 = (x - mean) * (rstd * c1): one pass for the row factor and c2
+            centred = xf if is_rms else torch.sub(xf, mean, out=buf)
+            factor = -(rstd * c1)
+            if c2 is None:
+                dx = torch.mul(centred, factor, out=buf)
+            else:
+                dx = torch.addcmul(-c2, centred, factor, out=buf)
         if scale is None:
             dx.add_(dyf)  # + g
         else:
             dx.addcmul_(dyf, scale)  # + g
-        if c2 is not None:
-            dx.sub_(c2)
         dx.mul_(rstd)
     if need_dbias:
         dbias = _column_sum(dyf, n)

@@ -161,8 +161,11 @@ def test_vmap_over_parameters_matches_torch(backend):
     x = make_input((4, 3, N), dtype, device)
     w, b = make_input((4, N), dtype, device), make_input((4, N), dtype, device)
     for in_dims in ((0, 0, 0, None), (None, 0, None, None), (0, None, 0, None)):
-        args = (x if in_dims[0] == 0 else x[0], w, b, None)
-        args = tuple(a if d == 0 or a is None else a[0] for a, d in zip(args, in_dims, strict=True))
+        # an unbatched input (in_dim None) is one member of the batch
+        args = tuple(
+            a if d == 0 or a is None else a[0]
+            for a, d in zip((x, w, b, None), in_dims, strict=True)
+        )
         got = torch.func.vmap(ours, in_dims)(*args)
         want = torch.func.vmap(theirs, in_dims)(
             *(None if a is None else a.double().cpu() for a in args)
@@ -247,7 +250,7 @@ def test_property_jvp_vjp_vmap_match_torch(lead, n, transpose, is_rms, backend):
 # --- gradients nobody asked for -----------------------------------------------------------
 
 
-def _grads_none(fused, use_y, use_h, requires, ours, backend):
+def _grads_none(use_y, use_h, requires, ours, backend):
     """Which of (x, residual, weight, bias) get a None gradient."""
     torch.manual_seed(1)
     device = torch.device("cpu") if backend == "reference" else KERNEL_DEVICE
@@ -273,8 +276,8 @@ def test_unused_paths_give_none_like_torch(backend):
         for requires in itertools.product((False, True), repeat=4):
             if not any(requires):
                 continue
-            want = _grads_none(True, use_y, use_h, requires, False, backend)
-            got = _grads_none(True, use_y, use_h, requires, True, backend)
+            want = _grads_none(use_y, use_h, requires, False, backend)
+            got = _grads_none(use_y, use_h, requires, True, backend)
             assert got == want, (use_y, use_h, requires)
 
 

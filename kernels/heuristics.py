@@ -64,6 +64,23 @@ PARTIAL_NUM_WARPS = 4
 # costs registers (LLVM strength-reduces 64-bit row addresses into pointer induction
 # variables), so only launches that need it pay.
 MAX_INT32_ROWS = 2**30
+# Software pipelining (``tl.range(..., num_stages=S)``; asynchronous copies into shared memory):
+# while a tile is reduced, the loads of the next S - 1 tiles are in flight. Little's law wants
+# DRAM bandwidth per SM x loaded latency in flight per SM: ~11 KiB on an A100, ~17 KiB on an
+# H100, ~37 KiB on a B200. One backward program per SM with 16 KiB tiles (x and dy, 4096
+# 16-bit columns) has 16 KiB in flight unpipelined (0.9x on an H100, 0.4x on a B200) and
+# 48 KiB at four stages (2.8x, 1.3x). Stages are capped by shared memory: the backward's S
+# stage buffers may use BWD_SHARED_FRACTION of the SM's shared memory (its one program per SM
+# also needs shared memory for the row reductions).
+MAX_NUM_STAGES = 4
+BWD_SHARED_FRACTION = 0.75
+# The looped backward reads a group of rows twice (statistics, then dx); the second read must
+# come from L2. A group's rows (x, dy, dh: what pass 2 re-reads) plus the program's dW/dB
+# partial row (added to once per group) should take at most L2_WINDOW_FRACTION of the L2 share
+# of one program (L2 / grid): the rest is the dx write-back stream and the L2's split into two
+# partitions. When not even one row fits, the program's rows are one group (pass 2 then
+# re-reads them from DRAM, as reported by the traffic report's L2-window check).
+L2_WINDOW_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -72,10 +89,12 @@ class Target:
 
     sm_count: int = 132  # H100 SXM
     arch: int = 90  # compute capability x 10
+    l2_bytes: int = 50 * 2**20
+    shared_per_sm: int = 228 * 2**10
 
 
-H100 = Target(sm_count=132, arch=90)
-A100 = Target(sm_count=108, arch=80)
+H100 = Target(sm_count=132, arch=90, l2_bytes=50 * 2**20, shared_per_sm=228 * 2**10)
+A100 = Target(sm_count=108, arch=80, l2_bytes=40 * 2**20, shared_per_sm=164 * 2**10)
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,9 @@ class NormConfig:
 
     A program walks ``tiles_per_program`` consecutive tiles of ``rows_per_tile`` rows; a tile
     is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks. Row
-    indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32.
+    indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32. The tile (or chunk)
+    loop is pipelined ``num_stages`` deep; the looped backward walks its tiles in groups of
+    ``tiles_per_group``.
     """
 
     block_n: int
@@ -94,6 +115,8 @@ class NormConfig:
     grid: int
     tiles_per_program: int
     int64_rows: bool = False
+    num_stages: int = 1
+    tiles_per_group: int = 1
 
 
 @dataclass(frozen=True)
@@ -150,16 +173,50 @@ def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H1
     return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
 
 
-def backward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
+def backward_config(
+    n_rows: int,
+    n_cols: int,
+    elem_size: int,
+    target: Target = H100,
+    *,
+    loaded_tensors: int = 2,
+    partials: int = 2,
+) -> NormConfig:
     """Backward launch: at most one program per SM, each accumulating dW/dB in registers.
 
     One program per SM bounds the partial buffers at ``sm_count x N`` float32 per gradient and
     keeps the second stage small; to keep the memory system busy with so few programs, each
-    one uses up to 16 warps and tiles of >= MIN_TILE_ELEMS elements.
+    one uses up to 16 warps, tiles of >= MIN_TILE_ELEMS elements, and a pipelined tile loop
+    (``backward_stages``). ``loaded_tensors``: row tensors read per element (x and dy, and dh
+    with a fused residual); ``partials``: dW/dB partial rows written (0-2). Wide rows walk their
+    tiles in L2-sized groups (``backward_group``).
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK)
     grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count)
-    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
+    tile_bytes = rows * block_n * elem_size * loaded_tensors
+    stages = backward_stages(tile_bytes + (0 if single else 4 * block_n), target)
+    group = 1
+    if not single:
+        row_bytes = n_cols * elem_size * loaded_tensors
+        group = backward_group(row_bytes, 4 * n_cols * partials, grid, target)
+        group = tiles if group == 0 else min(group, tiles)
+    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group)
+
+
+def backward_stages(stage_bytes: int, target: Target = H100) -> int:
+    """Pipeline depth of the backward: as many ``stage_bytes`` buffers (one tile's or chunk's
+    loads; the looped kernel's also hold a chunk of weight and bias) as BWD_SHARED_FRACTION of
+    the SM's shared memory holds, at most MAX_NUM_STAGES; 1 (unpipelined) when two don't fit."""
+    fit = int(BWD_SHARED_FRACTION * target.shared_per_sm) // max(stage_bytes, 1)
+    return min(MAX_NUM_STAGES, fit) if fit >= 2 else 1
+
+
+def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:
+    """Tiles per group of the looped backward: how many rows of ``row_bytes`` (re-read by pass
+    2) fit, next to the program's ``partial_bytes`` of dW/dB partials, in L2_WINDOW_FRACTION of
+    one program's share of L2; 0 when not one does."""
+    share = int(L2_WINDOW_FRACTION * target.l2_bytes) // max(grid, 1)
+    return max(0, (share - partial_bytes) // max(row_bytes, 1))
 
 
 def partial_sum_config(n_partials: int, n_cols: int) -> PartialSumConfig:

@@ -14,8 +14,10 @@ dW and dB: each program of a grid of at most one per SM accumulates its rows in 
 registers and writes one partial row; :func:`_sum_partials_kernel` then adds the partial rows
 column by column in a fixed order. No atomics, no locks: the same inputs give bitwise-equal
 gradients on every run. Rows up to the single-block width are held whole
-(:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice
-(:func:`_norm_bwd_looped_kernel`).
+(:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice, in groups of
+rows small enough for the second walk to be served by L2 (:func:`_norm_bwd_looped_kernel`).
+Both kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
+asynchronous copies of the next tiles while one is reduced) to keep enough bytes in flight.
 """
 
 from __future__ import annotations
@@ -59,11 +61,22 @@ def _tile(
 
 
 @triton.jit
+def _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """float32 ``(w + weight_offset, b)`` at ``cols`` (0.0 placeholders for absent ones, which
+    :func:`_x_hat_and_g` never reads)."""
+    w = 0.0
+    b = 0.0
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_mask, other=1.0).to(tl.float32) + weight_offset
+    if HAS_BIAS:
+        b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    return w, b
+
+
+@triton.jit
 def _x_hat_and_g(
     X,
     DY,
-    W,
-    B,
     x_row,
     dy_row,
     row_mask,
@@ -71,28 +84,29 @@ def _x_hat_and_g(
     col_mask,
     mean,
     rstd,
-    weight_offset,
+    w,
+    b,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     X_IS_Y: tl.constexpr,
 ):
     """Load x and dy at (the tile's rows) x ``cols``: float32 ``(mask, x_hat, g, dy)``, masked
-    lanes exactly zero. With ``X_IS_Y``, X holds the forward's y and x_hat is recomputed as
-    ``(y - b) / (w + weight_offset)`` (the memory-efficient backward)."""
+    lanes exactly zero; ``w``, ``b`` from :func:`_affine` at ``cols``. With ``X_IS_Y``, X holds
+    the forward's y and x_hat is recomputed as ``(y - b) / (w + weight_offset)`` (the
+    memory-efficient backward)."""
     mask = row_mask[:, None] & col_mask[None, :]
     x_offs = x_row[:, None] + cols[None, :]
     dy_offs = dy_row[:, None] + cols[None, :]
     x = tl.load(X + x_offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + dy_offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_WEIGHT:
-        w = tl.load(W + cols, mask=col_mask, other=1.0).to(tl.float32) + weight_offset
         g = dy * w[None, :]
     else:
         g = dy
     if X_IS_Y:
         if HAS_BIAS:
-            x = x - tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+            x = x - b[None, :]
         if HAS_WEIGHT:
             x = x / w[None, :]
         x_hat = tl.where(mask, x, 0.0)
@@ -149,14 +163,21 @@ def _store_partials(
     col_mask,
     dw_acc,
     db_acc,
+    accumulate,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
 ):
-    """Row ``pid`` of the dW/dB partials: the column sums of the program's accumulators."""
+    """Row ``pid`` of the dW/dB partials at ``cols``: the column sums of the program's
+    accumulators, added to what the row holds when ``accumulate`` (a later group of rows of the
+    looped kernel; the program's own earlier store, ordered by a barrier), else stored."""
+    offs = pid.to(tl.int64) * n_cols + cols
+    keep = col_mask & accumulate
     if COMPUTE_DW:
-        tl.store(DW_partial + pid.to(tl.int64) * n_cols + cols, tl.sum(dw_acc, axis=0), col_mask)
+        dw = tl.sum(dw_acc, axis=0) + tl.load(DW_partial + offs, mask=keep, other=0.0)
+        tl.store(DW_partial + offs, dw, col_mask)
     if COMPUTE_DB:
-        tl.store(DB_partial + pid.to(tl.int64) * n_cols + cols, tl.sum(db_acc, axis=0), col_mask)
+        db = tl.sum(db_acc, axis=0) + tl.load(DB_partial + offs, mask=keep, other=0.0)
+        tl.store(DB_partial + offs, db, col_mask)
 
 
 @triton.jit
@@ -201,13 +222,15 @@ def _norm_bwd_single_block_kernel(
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Backward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
     One program computes dx for ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE``
     rows, each a ``(ROWS_PER_TILE, BLOCK_N)`` block read once (x, dy) and written once (dx),
     accumulates dW/dB in registers and writes row ``pid`` of the partials (every program
-    writes its row).
+    writes its row). The tile loop is software-pipelined ``NUM_STAGES`` deep: the loads of the
+    next ``NUM_STAGES - 1`` tiles are in flight (asynchronous copies) while a tile is reduced.
     """
     pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
@@ -217,16 +240,17 @@ def _norm_bwd_single_block_kernel(
     first_row = pid * tiles_per_program * ROWS_PER_TILE
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
+    w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
     dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-    for i in range(tiles_per_program):
+    for i in tl.range(tiles_per_program, num_stages=NUM_STAGES):
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
             Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
             X_IS_Y, ROWS_PER_TILE, ALIGN,
         )  # fmt: skip
         mask, x_hat, g, dy = _x_hat_and_g(
-            X, DY, W, B, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, weight_offset,
-            IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+            X, DY, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, w, b, IS_RMS,
+            HAS_WEIGHT, HAS_BIAS, X_IS_Y,
         )  # fmt: skip
         c1, c2 = _coefficients(x_hat, g, n_cols, IS_RMS)
         _store_dx(
@@ -237,8 +261,9 @@ def _norm_bwd_single_block_kernel(
         if COMPUTE_DB:
             db_acc += dy
     _store_partials(
-        DW_partial, DB_partial, pid, n_cols, cols, col_mask, dw_acc, db_acc, COMPUTE_DW, COMPUTE_DB
-    )
+        DW_partial, DB_partial, pid, n_cols, cols, col_mask, dw_acc, db_acc, False, COMPUTE_DW,
+        COMPUTE_DB,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -273,6 +298,7 @@ def _norm_bwd_looped_kernel(
     dh_s2,
     weight_offset,
     tiles_per_program,
+    tiles_per_group,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -284,13 +310,17 @@ def _norm_bwd_looped_kernel(
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Backward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
-    One program handles ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows.
-    Pass 1 walks each tile's chunks and stores its rows' c1, c2 in ``C``; pass 2 walks the
-    column chunks and, for each, all the program's tiles: it writes dx and the chunk of row
-    ``pid`` of the dW/dB partials (each partial chunk written once).
+    One program handles ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows, in
+    groups of ``tiles_per_group`` tiles. For each group, pass 1 walks each tile's chunks and
+    stores its rows' c1, c2 in ``C``; pass 2 walks the chunks from the last to the first and,
+    for each, the group's tiles: it writes dx and adds the chunk's dW/dB column sums to row
+    ``pid`` of the partials. Pass 2 re-reads only the group's rows, the most recently read
+    chunks first, so a group that fits in L2 (the heuristics size it) is read from DRAM once.
+    Both passes are software-pipelined ``NUM_STAGES`` deep.
     """
     pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
@@ -299,40 +329,47 @@ def _norm_bwd_looped_kernel(
     dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
     first_row = pid * tiles_per_program * ROWS_PER_TILE
     cols = tl.arange(0, BLOCK_N)
-    for i in range(tiles_per_program):
-        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-            Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-            X_IS_Y, ROWS_PER_TILE, ALIGN,
-        )  # fmt: skip
-        sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
-        sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
-            c = start + cols
-            _, x_hat, g, _ = _x_hat_and_g(
-                X, DY, W, B, x_row, dy_row, row_mask, c, c < n_cols, mean, rstd, weight_offset,
-                IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
-            )  # fmt: skip
-            sum_xg += tl.sum(x_hat * g, axis=1)
-            if not IS_RMS:
-                sum_g += tl.sum(g, axis=1)
-        # c1 and c2 (as _coefficients) of the whole rows
-        tl.store(C + rows, sum_xg / n_cols, mask=row_mask)
-        tl.store(C + n_rows + rows, sum_g / n_cols, mask=row_mask)
-    # pass 2 reads c1, c2 written above by other threads of this program
-    tl.debug_barrier()
-    for start in range(0, n_cols, BLOCK_N):
-        c = start + cols
-        c_mask = c < n_cols
-        dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-        db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-        for i in range(tiles_per_program):
+    n_chunks = tl.cdiv(n_cols, BLOCK_N)
+    for first_tile in range(0, tiles_per_program, tiles_per_group):
+        n_group = tl.minimum(tiles_per_group, tiles_per_program - first_tile)
+        for i in range(first_tile, first_tile + n_group):
             rows, row_mask, x_row, dy_row, mean, rstd = _tile(
                 Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
                 X_IS_Y, ROWS_PER_TILE, ALIGN,
             )  # fmt: skip
+            sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
+            sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
+            for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
+                c = start + cols
+                c_mask = c < n_cols
+                w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+                _, x_hat, g, _ = _x_hat_and_g(
+                    X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS,
+                    HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+                )  # fmt: skip
+                sum_xg += tl.sum(x_hat * g, axis=1)
+                if not IS_RMS:
+                    sum_g += tl.sum(g, axis=1)
+            # c1 and c2 (as _coefficients) of the whole rows
+            tl.store(C + rows, sum_xg / n_cols, mask=row_mask)
+            tl.store(C + n_rows + rows, sum_g / n_cols, mask=row_mask)
+        # pass 2 reads c1, c2 written above, and the partials the previous group wrote, by other
+        # threads of this program
+        tl.debug_barrier()
+        dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+        db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+        for k in tl.range(0, n_chunks * n_group, num_stages=NUM_STAGES):
+            i = first_tile + k % n_group
+            c = (n_chunks - 1 - k // n_group) * BLOCK_N + cols
+            c_mask = c < n_cols
+            rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+                Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+                X_IS_Y, ROWS_PER_TILE, ALIGN,
+            )  # fmt: skip
+            w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
             mask, x_hat, g, dy = _x_hat_and_g(
-                X, DY, W, B, x_row, dy_row, row_mask, c, c_mask, mean, rstd, weight_offset,
-                IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+                X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
+                HAS_BIAS, X_IS_Y,
             )  # fmt: skip
             c1 = tl.load(C + rows, mask=row_mask, other=0.0)
             c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
@@ -343,9 +380,13 @@ def _norm_bwd_looped_kernel(
                 dw_acc += dy * x_hat
             if COMPUTE_DB:
                 db_acc += dy
-        _store_partials(
-            DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc, COMPUTE_DW, COMPUTE_DB
-        )
+            if k % n_group == n_group - 1:  # the group's last tile of this chunk
+                _store_partials(
+                    DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc,
+                    first_tile > 0, COMPUTE_DW, COMPUTE_DB,
+                )  # fmt: skip
+                dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+                db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
 
 
 @triton.jit
@@ -489,7 +530,12 @@ def norm_bwd(
         dh, dh_layout = row_layout(dh, n_norm_dims)
         dh_args = (dh_layout.d1, dh_layout.d2, *dh_layout.strides)
     cfg = config or backward_config(
-        n_rows, n_cols, x.element_size(), target or device_target(device)
+        n_rows,
+        n_cols,
+        x.element_size(),
+        target or device_target(device),
+        loaded_tensors=2 if dh is None else 3,
+        partials=(dweight is not None) + (dbias is not None),
     )
     partial = {}
     for name, grad in (("dw", dweight), ("db", dbias)):
@@ -516,6 +562,7 @@ def norm_bwd(
         BLOCK_N=cfg.block_n,
         ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
         INT64_ROWS=cfg.int64_rows,
+        NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
     )
     # RMSNorm has no mean (the forward returns an empty one), and x_hat from y needs none: the
@@ -537,6 +584,7 @@ def norm_bwd(
             *layouts,
             weight_offset,
             cfg.tiles_per_program,
+            *(() if cfg.single_block else (cfg.tiles_per_group,)),
             **constexprs,
         )
         if partial:

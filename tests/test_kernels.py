@@ -204,7 +204,9 @@ def test_fused_residual(is_rms, h_is_fp32):
     _check(got[:1] + (None,) + got[2:], want, 37)
 
 
-def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.NormConfig:
+def _looped_config(
+    rows: int, block_n: int, rows_per_tile: int = 2, tiles_per_program: int = 2, **kwargs
+) -> kernels.NormConfig:
     """A looped-kernel config with a tiny chunk so that small rows span several chunks."""
     tiles = math.ceil(rows / rows_per_tile)
     return kernels.NormConfig(
@@ -212,8 +214,9 @@ def _looped_config(rows: int, block_n: int, rows_per_tile: int = 2) -> kernels.N
         rows_per_tile=rows_per_tile,
         single_block=False,
         num_warps=4,
-        grid=math.ceil(tiles / 2),
-        tiles_per_program=2,
+        grid=math.ceil(tiles / tiles_per_program),
+        tiles_per_program=tiles_per_program,
+        **kwargs,
     )
 
 
@@ -299,6 +302,24 @@ def test_looped_kernels_over_chunks(dtype, is_rms, n):
     )
     want = _expected(got[1].cpu(), weight, bias, dy, is_rms=is_rms)
     _check(got[:1] + (None,) + got[2:], want, 9)
+
+
+@pytest.mark.parametrize("num_stages", (1, 3))
+@pytest.mark.parametrize("tiles_per_group", (1, 2, 3))
+def test_looped_backward_walks_rows_in_groups(tiles_per_group, num_stages):
+    """The looped backward's row groups (pass 2 re-reads one group; the dW/dB partial row is
+    stored by the first group and added to by the later ones), ragged groups and a ragged last
+    program included: the gradients of the float64 oracle, dx bitwise independent of the
+    grouping and the pipeline depth."""
+    x, dy = make_input((11, 200), torch.bfloat16, offset=3.0), make_input((11, 200), torch.bfloat16)
+    weight, bias = make_input(200, torch.float32), make_input(200, torch.float32)
+    cfg = _looped_config(
+        11, 64, tiles_per_program=3, tiles_per_group=tiles_per_group, num_stages=num_stages
+    )
+    got = _run(x, weight, bias, dy, bwd_config=cfg)
+    _check(got, _expected(x, weight, bias, dy), 11)
+    one_group = _run(x, weight, bias, dy, bwd_config=dataclasses.replace(cfg, tiles_per_group=3))
+    assert torch.equal(got[4], one_group[4])
 
 
 @pytest.mark.parametrize("single_block", (True, False), ids=("single_block", "looped"))

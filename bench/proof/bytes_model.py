@@ -5,8 +5,10 @@ H100's ~100 flops/byte balance point, so the time of a large launch is its DRAM 
 bandwidth. :func:`bytes_moved` counts that traffic term by term for the launch configuration the
 heuristics pick (the backward's partial-buffer size depends on its grid), in a DRAM model:
 
-* every tensor element is fetched from DRAM once per pass that reads it (the rows of a looped
-  launch are too big for L2 between pass 1 and pass 2, so they are counted twice);
+* every tensor element is fetched from DRAM once per pass that reads it, except that a looped
+  launch's second pass over a row is served by L2 when the rows every resident program holds
+  between its two passes (and the backward's partial rows) fit in L2 (:func:`l2_window`; the
+  traffic report replays the traced accesses through an LRU cache to check it);
 * ``weight`` and ``bias`` are fetched once: every program re-reads them, but they are N elements
   that stay in L2 (the traffic report lists those L2 re-reads on their own line);
 * ``mean`` / ``rstd`` / partial sums are float32.
@@ -19,7 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layernorm_gpu.kernels.heuristics import H100, Target, backward_config, forward_config
+from layernorm_gpu.kernels.heuristics import (
+    H100,
+    NormConfig,
+    Target,
+    backward_config,
+    forward_config,
+)
 
 FLOAT32 = 4
 # H100 SXM HBM3 bandwidth used for predictions: 3.35 TB/s peak, ~3.0 TB/s reached by a large
@@ -112,7 +120,8 @@ def bytes_moved(
         terms["y write"] = tile * elem_size
         terms["mean write"] = 0 if is_rms else stats
         terms["rstd write"] = stats
-        if not cfg.single_block:
+        window = cfg.grid * n_cols * (h_es if fused_residual else elem_size)
+        if not cfg.single_block and window > target.l2_bytes:
             terms["pass-2 re-read"] = tile * (h_es if fused_residual else elem_size)
         minimum = terms["x read"] + terms["y write"]
         if fused_residual:
@@ -120,8 +129,15 @@ def bytes_moved(
         return ByteCount(minimum, terms)
     if mode != "bwd":
         raise ValueError(f"mode must be 'fwd' or 'bwd', got {mode!r}")
-    cfg = backward_config(n_rows, n_cols, elem_size, target)
     x_es = h_es if fused_residual else elem_size
+    cfg = backward_config(
+        n_rows,
+        n_cols,
+        elem_size,
+        target,
+        loaded_tensors=2 + fused_residual,
+        partials=has_weight + has_bias,
+    )
     partials = cfg.grid * n_cols * FLOAT32
     terms["x read"] = tile * x_es
     terms["dy read"] = tile * elem_size
@@ -135,9 +151,20 @@ def bytes_moved(
     terms["dB partials write+read"] = 2 * partials if has_bias else 0
     terms["dW/dB write"] = n_cols * w_es * (has_weight + has_bias)
     if not cfg.single_block:
-        terms["pass-2 re-read"] = tile * (x_es + elem_size)
+        row = n_cols * (x_es + elem_size + fused_residual * h_es)
+        window = l2_window(cfg, row, n_cols * FLOAT32 * (has_weight + has_bias))
+        if window > target.l2_bytes:
+            terms["pass-2 re-read"] = tile * (x_es + elem_size + fused_residual * h_es)
         terms["c1/c2 scratch"] = 2 * 2 * stats
     minimum = terms["x read"] + terms["dy read"] + terms["dx write"]
     if fused_residual:
         minimum += terms["dh read"]
     return ByteCount(minimum, terms)
+
+
+def l2_window(cfg: NormConfig, row_bytes: int, partial_bytes: int = 0) -> int:
+    """Bytes the resident programs of a looped launch hold between a row's two passes: each of
+    the ``cfg.grid`` programs (one wave) a group of ``tiles_per_group`` tiles of rows of
+    ``row_bytes`` (what pass 2 re-reads), plus its ``partial_bytes`` of dW/dB partials."""
+    rows = cfg.tiles_per_group * cfg.rows_per_tile
+    return cfg.grid * (rows * row_bytes + partial_bytes)

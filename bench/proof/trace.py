@@ -100,6 +100,9 @@ class Traffic:
     tensors: dict[str, TensorTraffic]
     eager: list[EagerOp]
     unattributed_bytes: int
+    # Every attributed access in program order: (role, element addresses, bytes per element,
+    # is_store). The interpreter runs a launch's programs one after another.
+    sequence: list[tuple[str, np.ndarray, int, bool]] = field(default_factory=list)
 
     def get(self, role: str) -> TensorTraffic:
         """The traffic of ``role`` (zero if the tensor was never touched)."""
@@ -210,8 +213,11 @@ def _histogram(addresses: np.ndarray) -> dict[int, int]:
     return {int(t): int(c) for t, c in zip(times, n, strict=True)}
 
 
-def _attribute(recorder: _Recorder) -> tuple[dict[str, TensorTraffic], int]:
-    """Per-role traffic from the recorded accesses, and the bytes no storage range holds."""
+def _attribute(
+    recorder: _Recorder,
+) -> tuple[dict[str, TensorTraffic], int, list[tuple[str, np.ndarray, int, bool]]]:
+    """Per-role traffic from the recorded accesses, the bytes no storage range holds, and the
+    attributed accesses in order."""
     starts = np.array(sorted(recorder.storages), dtype=np.uint64)
     ends = np.array([recorder.storages[int(s)][0] for s in starts], dtype=np.uint64)
     roles = [recorder.storages[int(s)][1] for s in starts]
@@ -220,6 +226,7 @@ def _attribute(recorder: _Recorder) -> tuple[dict[str, TensorTraffic], int]:
     for start, end, role in zip(starts, ends, roles, strict=True):
         tensors.setdefault(role, TensorTraffic(role, 0)).nbytes += int(end - start)
     unattributed = 0
+    sequence = []
     for access in recorder.accesses:
         where = np.searchsorted(starts, access.addresses, side="right") - 1
         inside = (where >= 0) & (access.addresses < ends[np.maximum(where, 0)])
@@ -234,6 +241,7 @@ def _attribute(recorder: _Recorder) -> tuple[dict[str, TensorTraffic], int]:
             else:
                 traffic.loaded += addresses.size * access.elem_size
             per_role.setdefault(role, {False: [], True: []})[access.is_store].append(addresses)
+            sequence.append((role, addresses, access.elem_size, access.is_store))
     for role, by_kind in per_role.items():
         traffic = tensors[role]
         for is_store, chunks in by_kind.items():
@@ -244,7 +252,7 @@ def _attribute(recorder: _Recorder) -> tuple[dict[str, TensorTraffic], int]:
                 traffic.distinct_stored, traffic.stores_per_element = distinct, histogram
             else:
                 traffic.distinct_loaded, traffic.loads_per_element = distinct, histogram
-    return tensors, unattributed
+    return tensors, unattributed, sequence
 
 
 def trace(fn: Callable[[], object]) -> Traffic:
@@ -257,5 +265,5 @@ def trace(fn: Callable[[], object]) -> Traffic:
         recorder,
     ):
         fn()
-    tensors, unattributed = _attribute(recorder)
-    return Traffic(recorder.launches, tensors, recorder.eager, unattributed)
+    tensors, unattributed, sequence = _attribute(recorder)
+    return Traffic(recorder.launches, tensors, recorder.eager, unattributed, sequence)

@@ -5,7 +5,9 @@ fake measurements, swapped in without touching the rest of the file, idempotentl
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -211,8 +213,11 @@ def test_z_sleeps():
 """
 
 
-@pytest.mark.parametrize("sleep, timeout, status", [(0, 60, FINISHED), (60, 3, CUT_SHORT)])
-def test_run_suite_counts_tests_and_stops_at_its_time_limit(tmp_path, sleep, timeout, status):
+@pytest.mark.parametrize("sleep, timeout, status", [(0, 60, FINISHED), (60, 5, CUT_SHORT)])
+def test_run_suite_counts_tests_and_stops_at_its_time_limit(
+    monkeypatch, tmp_path, sleep, timeout, status
+):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the child starts in 0.5 s, not 5
     (tmp_path / "test_demo.py").write_text(DEMO_TESTS.replace("{sleep}", str(sleep)))
     suite = Suite("demo tests", ("-q", "-p", "no:cacheprovider", "test_demo.py"))
     ticks: list[float] = []
@@ -224,16 +229,15 @@ def test_run_suite_counts_tests_and_stops_at_its_time_limit(tmp_path, sleep, tim
     assert result.seconds < timeout + 20 and ticks == sorted(ticks)
 
 
-def test_a_run_cut_short_leaves_what_it_measured(monkeypatch, tmp_path):
-    """The benchmark is stopped in its second case: the section holds the first, marked
-    incomplete, and the CSV has its rows."""
-    results = tmp_path / "RESULTS.md"
-    results.write_text(TEXT.format(section=measured.placeholder()))
+@pytest.fixture
+def fake_gpu(monkeypatch) -> list[tuple[str, int]]:
+    """The GPU check's GPU work replaced by fakes (a sweep that returns 0.1 ms for every
+    provider and pass, and stops the run at a case whose width is 16384); the cases it ran."""
     calls = []
 
     def sweep(providers, modes, dtypes, hidden, copy_bw, step):
         calls.append((dtypes[0], hidden[0]))
-        if len(calls) == 2:
+        if hidden[0] == 16384:
             raise gpu_check.Stopped("terminated")
         return [_row(m, hidden[0], p.name, 0.1, dtypes[0]) for p in providers for m in modes]
 
@@ -242,11 +246,23 @@ def test_a_run_cut_short_leaves_what_it_measured(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu, "copy_bandwidth", lambda: 3e12)
     monkeypatch.setattr(gpu, "run_sweep", sweep)
     monkeypatch.setattr(gpu_check, "_can_plot", lambda record: False)
-    plan = gpu_check.make_plan(
-        gpu_check._parser().parse_args(["--no-tests", "--no-train"]), [gpu.OURS, "torch"]
+    return calls
+
+
+def _plan(*args: str) -> gpu_check.Plan:
+    return gpu_check.make_plan(
+        gpu_check._parser().parse_args(["--no-tests", "--no-train", *args]), [gpu.OURS, "torch"]
     )
-    status = gpu_check.run(plan, results, tmp_path / "out")
-    assert status == 1 and calls == list(gpu_check.BENCH_CASES[:2])
+
+
+def test_a_run_cut_short_leaves_what_it_measured(fake_gpu, tmp_path):
+    """The benchmark is stopped in its second case: the section holds the first, marked
+    incomplete, and the CSV has its rows."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text(TEXT.format(section=measured.placeholder()))
+    plan = _plan()
+    assert gpu_check.run(plan, results, tmp_path / "out") == 1
+    assert fake_gpu == list(gpu_check.BENCH_CASES[:2])
     text = results.read_text()
     assert "**incomplete**: the run stopped before its end (terminated)" in text
     assert "| 4096 | 16384 | forward |" in text and "| 16384 | 8192 |" not in text
@@ -255,3 +271,24 @@ def test_a_run_cut_short_leaves_what_it_measured(monkeypatch, tmp_path):
     )
     (csv_path,) = (tmp_path / "out").glob("gpu_check_*/benchmark.csv")
     assert len(csv_path.read_text().splitlines()) == 1 + 2 * len(plan.modes)
+
+
+def test_cases_past_the_budget_are_left_out_and_listed(fake_gpu, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(TEXT.format(section=measured.placeholder()))
+    plan = _plan("--budget", str(gpu_check.OURS_COMPILE_S))
+    assert plan.case_seconds() > plan.budget_s
+    assert gpu_check.run(plan, results, tmp_path / "out") == 0 and fake_gpu == []
+    names = ", ".join(gpu_check.case_name(*c) for c in gpu_check.BENCH_CASES)
+    assert f"complete: 0 of {len(names.split(', '))} benchmark cases measured" in (
+        results.read_text()
+    )
+    assert f"left out for the time budget: {names}." in results.read_text()
+
+
+def test_the_watchdog_stops_the_run_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    with pytest.raises(gpu_check.Stopped, match="past the time budget"):
+        with gpu_check._watchdog(1):
+            time.sleep(10)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)) == before

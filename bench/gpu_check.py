@@ -47,6 +47,7 @@ from .measured import (
     training_table,
     write_section,
 )
+from .progress import Steps
 from .pytest_run import NOT_RUN, Suite, SuiteResult, run_suite
 from .tables import console, print_table
 
@@ -237,8 +238,6 @@ def _versions() -> str:
 
 def run(plan: Plan, results: Path, save_path: Path) -> int:
     """Run ``plan`` on the GPU, writing ``results`` after every step; the exit status."""
-    from .progress import Steps
-
     start = time.monotonic()
     deadline = start + plan.budget_s
     env = gpu._environment()
@@ -339,7 +338,7 @@ def run(plan: Plan, results: Path, save_path: Path) -> int:
     return _summary(record, ours_failed, written + f"{len(plots)} plots)")
 
 
-def _skip(steps, what: str) -> None:
+def _skip(steps: Steps, what: str) -> None:
     """Count a step that is left out, and say so."""
     steps.done += 1
     steps.console.print(f"[{steps.done}/{steps.total}] {what}", markup=False)
@@ -386,6 +385,8 @@ def _summary(record: GpuRun, ours_failed: list[str], written: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``; list the plan (``--dry-run``), or check that the run can start and run
+    it, exiting with its status."""
     args = _parser().parse_args(argv)
     plan = make_plan(args, [p.name for p in gpu.available_providers()])
     if args.dry_run:

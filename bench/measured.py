@@ -247,11 +247,12 @@ def replace_section(text: str, section: str) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Swap ``section`` into the file at ``path`` atomically (a run killed mid-write leaves the
-    previous file whole)."""
-    text = replace_section(path.read_text(), section)
+    """Swap ``section`` into the file at ``path`` (created when missing) atomically: a run killed
+    mid-write leaves the previous file whole."""
+    exists = path.exists()
+    text = replace_section(path.read_text() if exists else "", section)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(tmp, path.stat().st_mode)
+    os.chmod(tmp, path.stat().st_mode if exists else 0o644)
     os.replace(tmp, path)

@@ -242,9 +242,10 @@ def _reports(args: argparse.Namespace) -> int:
     counts = {v: sum(o.verdict == v for o in outcomes) for v in (MET, MISSED, NOT_JUDGED)}
     say(
         f"Proven without a GPU: {counts[MET]} of {len(outcomes)} targets met. "
-        "Needs a GPU: the kernels' real speed (python -m bench on a CUDA machine times them "
-        "against torch and torch.compile, and apex, Liger and quack when installed) and the "
-        "GPU tests (pytest -m gpu)."
+        "Needs a GPU: the kernels' real speed and the GPU tests. On a CUDA machine "
+        "python -m bench.gpu_check runs both (pytest -m gpu, and the benchmark against torch "
+        "and torch.compile, and apex, Liger and quack when installed) in under 10 minutes and "
+        "writes the measured tables into bench/RESULTS.md."
     )
     if "compile" in selected:
         after = folder_bytes(cache)

@@ -134,8 +134,9 @@ def big_problem_table(
         "cache.",
         "Measured in the interpreter on runs of 1 to 3 programs with the real launch "
         "configuration, scaled up to the full grid (a fifth run checks the scaling exactly).",
-        f"At an H100's 3.0 TB/s this predicts {', '.join(predicted)}; only a GPU measures the "
-        "real time (python -m bench on a CUDA machine).",
+        f"At an H100's 3.0 TB/s this predicts {', '.join(predicted)}: a prediction until "
+        "python -m bench.gpu_check, on a CUDA machine, measures the real time and writes it into "
+        "bench/RESULTS.md.",
     ]
     outcome = Outcome(
         f"Bytes moved, {problem(case)}",

@@ -162,8 +162,9 @@ def compile_table(
 ) -> tuple[Table, list[Outcome]]:
     """The compile report's targets over every compiled kernel, and the row-alignment check."""
     built = [r for r in reports if not r.error]
-    archs = sorted({r.arch for r in reports})
-    gpus = ", ".join({80: "A100 (sm_80)", 90: "H100 (sm_90)"}.get(a, f"sm_{a}") for a in archs)
+    present = {r.arch for r in reports}
+    archs = [t.arch for t in compile_report.ARCHS if t.arch in present]
+    gpus = ", ".join(f"{compile_report.target_of(a).name} ({a})" for a in archs)
     table = Table(
         f"{len(reports)} kernel specialisations compiled for {gpus}, without a GPU",
         ["check", "target", "measured", "verdict"],
@@ -193,7 +194,7 @@ def compile_table(
 
     # The alignment check: LayerNorm at row widths 16-byte aligned or not (sm_90 only).
     by_label = {v.label(): v for v in alignment_variants}
-    rows = [r for r in aligned if r.kernel != "sum_partials" and r.arch == 90]
+    rows = [r for r in aligned if r.kernel != "sum_partials" and r.arch == "sm_90"]
 
     def row_aligned(r: compile_report.KernelReport) -> bool:
         v = by_label[r.variant]

@@ -213,11 +213,11 @@ def compile_table(
     if built:
         regs = [r.regs for r in built]
         warps = [r.warps_per_sm for r in built]
+        shares = [r.warps_per_sm / r.target.max_warps_per_sm for r in built]
         table.notes.append(
-            f"Registers per thread {min(regs)}-{max(regs)} (the limit is 255); "
-            f"{min(warps)}-{max(warps)} warps resident per SM "
-            f"({min(warps) / compile_report.MAX_WARPS_PER_SM:.0%}-"
-            f"{max(warps) / compile_report.MAX_WARPS_PER_SM:.0%} occupancy)."
+            f"Registers per thread {min(regs)}-{max(regs)} (the limit is 255 on NVIDIA, 512 "
+            f"VGPRs on AMD); {min(warps)}-{max(warps)} warps (waves) resident per SM (CU) "
+            f"({min(shares):.0%}-{max(shares):.0%} occupancy)."
         )
     table.notes.append(
         "Each specialisation is the one a real launch picks (the launchers run on meta tensors), "

@@ -163,8 +163,9 @@ def compile_table(
 ) -> tuple[Table, list[Outcome]]:
     """The compile report's targets over every compiled kernel, and the row-alignment check."""
     built = [r for r in reports if not r.error]
-    archs = sorted({r.arch for r in reports})
-    gpus = ", ".join({80: "A100 (sm_80)", 90: "H100 (sm_90)"}.get(a, f"sm_{a}") for a in archs)
+    present = {r.arch for r in reports}
+    archs = [t.arch for t in compile_report.ARCHS if t.arch in present]
+    gpus = ", ".join(f"{compile_report.target_of(a).name} ({a})" for a in archs)
     table = Table(
         f"{len(reports)} kernel specialisations compiled for {gpus}, without a GPU",
         ["check", "target", "measured", "verdict"],
@@ -194,7 +195,7 @@ def compile_table(
 
     # The alignment check: LayerNorm at row widths 16-byte aligned or not (sm_90 only).
     by_label = {v.label(): v for v in alignment_variants}
-    rows = [r for r in aligned if r.kernel != "sum_partials" and r.arch == 90]
+    rows = [r for r in aligned if r.kernel != "sum_partials" and r.arch == "sm_90"]
 
     def row_aligned(r: compile_report.KernelReport) -> bool:
         v = by_label[r.variant]
@@ -213,11 +214,11 @@ def compile_table(
     if built:
         regs = [r.regs for r in built]
         warps = [r.warps_per_sm for r in built]
+        shares = [r.warps_per_sm / r.target.max_warps_per_sm for r in built]
         table.notes.append(
-            f"Registers per thread {min(regs)}-{max(regs)} (the limit is 255); "
-            f"{min(warps)}-{max(warps)} warps resident per SM "
-            f"({min(warps) / compile_report.MAX_WARPS_PER_SM:.0%}-"
-            f"{max(warps) / compile_report.MAX_WARPS_PER_SM:.0%} occupancy)."
+            f"Registers per thread {min(regs)}-{max(regs)} (the limit is 255 on NVIDIA, 512 "
+            f"VGPRs on AMD); {min(warps)}-{max(warps)} warps (waves) resident per SM (CU) "
+            f"({min(shares):.0%}-{max(shares):.0%} occupancy)."
         )
     table.notes.append(
         "Each specialisation is the one a real launch picks (the launchers run on meta tensors), "

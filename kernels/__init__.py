@@ -17,9 +17,33 @@ import importlib
 import sys
 import types
 
-from .heuristics import A100, H100, NormConfig, PartialSumConfig, Target
+from .heuristics import (
+    A100,
+    B200,
+    H100,
+    MI300X,
+    MI355X,
+    RTX5090,
+    TARGETS,
+    NormConfig,
+    PartialSumConfig,
+    Target,
+)
 
-__all__ = ["A100", "H100", "NormConfig", "PartialSumConfig", "Target", "norm_bwd", "norm_fwd"]
+__all__ = [
+    "A100",
+    "B200",
+    "H100",
+    "MI300X",
+    "MI355X",
+    "RTX5090",
+    "TARGETS",
+    "NormConfig",
+    "PartialSumConfig",
+    "Target",
+    "norm_bwd",
+    "norm_fwd",
+]
 
 _LAUNCHERS = ("norm_fwd", "norm_bwd")
 

@@ -20,37 +20,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Register budget: an SM has 65536 registers, so a program of W warps gets at most
-# 65536 / (32 W) per thread: 128 at 16 warps, 64 at 32 warps (the most a program can have).
+# Register budget: a program of T threads gets at most registers_per_sm / T registers per
+# thread (NVIDIA: 65536 / T, 128 at 512 threads, 64 at 1024, the most a program can have).
 #
 # Largest row (in bytes of x) the forward keeps whole in registers: 16384 16-bit columns, 8192
-# float32. At 16384 16-bit columns and 16 warps each thread holds 32 float32 values of x plus
+# float32. At 16384 16-bit columns and 512 threads each thread holds 32 float32 values of x plus
 # the same of weight and bias (hoisted out of the row loop): 127 registers on sm_90, just inside
 # the 128 cap, no spills. 16384 float32 columns spilled in every warp count (the fused forward
-# at 32 warps on sm_80), so float32 switches to the looped kernel a power of two earlier.
+# at 1024 threads on sm_80), so float32 switches to the looped kernel a power of two earlier.
 FWD_MAX_ROW_BYTES = 32768
 # The backward holds x, dy, weight and two float32 accumulators (dW, dB) per element: five
 # values against the forward's three, so its single-block limit is half (flash-attn reports
 # spills above 8K columns with register accumulators). In columns, for every dtype.
 BWD_MAX_SINGLE_BLOCK = 8192
-# Chunk width of the looped (wide-row) kernels: 4096 values over 16 warps is 8 per thread, one
-# or two 128-bit loads per tensor. At 8 warps (16 per thread) the fused looped backward spilled
-# on sm_80 (compile report).
+# Chunk width of the looped (wide-row) kernels: 4096 values over 512 threads is 8 per thread, one
+# or two 128-bit loads per tensor (16 warps of 32 lanes, 8 waves of 64). At 256 threads (16 per
+# thread) the fused looped backward spilled on sm_80 (compile report).
 LOOP_BLOCK_N = 4096
-LOOP_NUM_WARPS = 16
+LOOP_THREADS = 512
 # A tile (rows_per_tile x block_n) should hold at least this many elements, so that a program
 # keeps >= 8 KB of a 16-bit tensor in flight even when rows are short (N = 256 -> 16 rows).
 MIN_TILE_ELEMS = 4096
 MAX_ROWS_PER_TILE = 64
-# 32 bytes of each tensor per thread: two 128-bit loads (16 16-bit or 8 float32 elements).
+# 32 bytes of each tensor per thread: two 128-bit loads (16 16-bit or 8 float32 elements). The
+# thread count, not the warp count, follows from it, so 64-wide waves get the same bytes per
+# lane (>= 16, one 128-bit access) as 32-wide warps.
 BYTES_PER_THREAD = 32
-# 16-bit rows: up to 16 warps (128 registers per thread; at 32 warps their widest tiles spill in
-# the 64-register cap). float32 rows: up to 32 warps, since at 16 warps the widest single-block
-# float32 backward (fused, 8192 columns) spilled 16 bytes on sm_90.
-MAX_NUM_WARPS = {2: 16, 4: 32}
-# Resident threads per SM on sm_80 and sm_90 (the occupancy ceiling for the forward grid).
-THREADS_PER_SM = 2048
-WARP_SIZE = 32
+# Registers a thread needs at the widest tiles: 16-bit rows 128 (at 64 registers, the 1024
+# threads a 64K-register SM allows, their widest tiles spilled), float32 rows 64 (at 128, i.e.
+# 512 threads, the widest single-block float32 backward, fused, 8192 columns, spilled 16 bytes
+# on sm_90). A program gets at most registers_per_sm / REGISTERS_PER_THREAD threads: 512 and
+# 1024 on NVIDIA (64K registers per SM), 1024 and 1024 on CDNA (128K per CU, 1024 per block).
+REGISTERS_PER_THREAD = {2: 128, 4: 64}
 # Partial-sum reduction: each program owns PARTIAL_BLOCK_N columns and walks the partial rows
 # PARTIAL_BLOCK_P at a time, in order (deterministic). 32 columns (128 bytes, one cache line per
 # partial row) give N / 32 programs: 128 at N = 4096, about one per SM; 128 x 32 float32 is
@@ -85,16 +86,114 @@ L2_WINDOW_FRACTION = 0.6
 
 @dataclass(frozen=True)
 class Target:
-    """The GPU a config is made for."""
+    """The GPU a config is made for, and what the heuristics and reports need to know about it.
 
-    sm_count: int = 132  # H100 SXM
-    arch: int = 90  # compute capability x 10
+    ``arch`` is the compiler's name for it: ``"sm_<compute capability x 10>"`` on NVIDIA (an int
+    such as ``90`` is accepted and normalised), ``"gfx..."`` on AMD. Per-SM quantities are per
+    CU on AMD. The defaults are an H100 SXM, so ``Target(sm_count=...)`` is an H100 with another
+    SM count. ``dram_latency`` is a loaded latency (seconds): with ``dram_bandwidth`` (bytes/s)
+    it gives, by Little's law, the bytes that must be in flight to keep DRAM busy.
+    """
+
+    sm_count: int = 132
+    arch: str = "sm_90"
+    name: str = "H100 SXM"
+    warp_size: int = 32
+    registers_per_sm: int = 65536  # 32-bit registers
+    max_registers_per_thread: int = 255
+    max_threads_per_sm: int = 2048
+    max_threads_per_block: int = 1024
+    max_blocks_per_sm: int = 32
+    shared_memory_per_sm: int = 228 * 1024  # bytes (LDS per CU on AMD)
     l2_bytes: int = 50 * 2**20
-    shared_per_sm: int = 228 * 2**10
+    dram_bandwidth: float = 3.35e12
+    dram_latency: float = 700e-9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arch, int):
+            object.__setattr__(self, "arch", f"sm_{self.arch}")
+        if not self.arch.startswith(("sm_", "gfx")):
+            raise ValueError(f"arch must be 'sm_<NN>' or 'gfx<NNN>', got {self.arch!r}")
+
+    @property
+    def backend(self) -> str:
+        """Triton's backend for the target: ``"cuda"`` or ``"hip"``."""
+        return "hip" if self.arch.startswith("gfx") else "cuda"
+
+    @property
+    def capability(self) -> int:
+        """NVIDIA compute capability x 10 (``sm_90`` -> 90); 0 on AMD."""
+        return int(self.arch[3:]) if self.backend == "cuda" else 0
+
+    @property
+    def max_warps_per_sm(self) -> int:
+        return self.max_threads_per_sm // self.warp_size
+
+    @property
+    def bytes_in_flight_needed(self) -> float:
+        """Little's law: DRAM bytes per second per SM x loaded latency."""
+        return self.dram_bandwidth / self.sm_count * self.dram_latency
 
 
-H100 = Target(sm_count=132, arch=90, l2_bytes=50 * 2**20, shared_per_sm=228 * 2**10)
-A100 = Target(sm_count=108, arch=80, l2_bytes=40 * 2**20, shared_per_sm=164 * 2**10)
+# Sources: NVIDIA's A100 / H100 / Blackwell datasheets and the CUDA programming guide's
+# per-compute-capability table (registers, threads, blocks and shared memory per SM); AMD's ROCm
+# "GPU specifications" table (CUs, wave size, LDS, VGPR file 512 KiB per CU = 128K registers, L2)
+# and CDNA3 ISA guide (8 waves per SIMD, 4 SIMDs: 2048 threads per CU). L2: the whole chip's
+# (on AMD the 4 MiB per XCD summed; the 256 MiB Infinity Cache behind it is not counted).
+# Loaded DRAM latencies: ~600 ns (A100) and ~700 ns (H100, B200) as issue 10 states them; the
+# others are not measured here (assumed 700 ns for GDDR7, 800 ns for MI300X / MI355X, whose
+# HBM sits behind the Infinity Fabric and a memory-side cache): replace with measurements.
+A100 = Target(
+    sm_count=108,
+    arch="sm_80",
+    name="A100 SXM",
+    shared_memory_per_sm=164 * 1024,
+    l2_bytes=40 * 2**20,
+    dram_bandwidth=2.0e12,
+    dram_latency=600e-9,
+)
+H100 = Target()
+B200 = Target(
+    sm_count=148,
+    arch="sm_100",
+    name="B200",
+    l2_bytes=126 * 2**20,
+    dram_bandwidth=8.0e12,
+)
+RTX5090 = Target(
+    sm_count=170,
+    arch="sm_120",
+    name="RTX 5090",
+    max_threads_per_sm=1536,
+    shared_memory_per_sm=100 * 1024,
+    l2_bytes=96 * 2**20,
+    dram_bandwidth=1.792e12,
+)
+MI300X = Target(
+    sm_count=304,
+    arch="gfx942",
+    name="MI300X",
+    warp_size=64,
+    registers_per_sm=131072,
+    max_registers_per_thread=512,
+    shared_memory_per_sm=64 * 1024,
+    l2_bytes=32 * 2**20,
+    dram_bandwidth=5.3e12,
+    dram_latency=800e-9,
+)
+MI355X = Target(
+    sm_count=256,
+    arch="gfx950",
+    name="MI355X",
+    warp_size=64,
+    registers_per_sm=131072,
+    max_registers_per_thread=512,
+    shared_memory_per_sm=160 * 1024,
+    l2_bytes=32 * 2**20,
+    dram_bandwidth=8.0e12,
+    dram_latency=800e-9,
+)
+TARGETS = (A100, H100, B200, RTX5090, MI300X, MI355X)
 
 
 @dataclass(frozen=True)
@@ -137,16 +236,34 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _row_blocking(n_cols: int, elem_size: int, max_single_block: int) -> tuple[int, int, bool, int]:
-    """(block_n, rows_per_tile, single_block, num_warps) from the row width and dtype alone."""
+def _max_threads(elem_size: int, target: Target) -> int:
+    """Threads a program may have: the register budget (REGISTERS_PER_THREAD each) and the
+    target's block limit, as a power of two."""
+    budget = min(
+        target.max_threads_per_block, target.registers_per_sm // REGISTERS_PER_THREAD[elem_size]
+    )
+    return 1 << (budget.bit_length() - 1)
+
+
+def _row_blocking(
+    n_cols: int, elem_size: int, max_single_block: int, target: Target
+) -> tuple[int, int, bool, int]:
+    """(block_n, rows_per_tile, single_block, num_warps) from the row width, the dtype and the
+    target's warp size and limits (never M).
+
+    Threads come from BYTES_PER_THREAD (capped by :func:`_max_threads`), warps from threads:
+    the same threads, so the same bytes per lane, on 32- and 64-wide warps.
+    """
+    elem_size = 4 if elem_size >= 4 else 2
     block_n = next_power_of_2(n_cols)
     if block_n > max_single_block:
-        return LOOP_BLOCK_N, 1, False, LOOP_NUM_WARPS
-    rows = max(1, min(MAX_ROWS_PER_TILE, MIN_TILE_ELEMS // block_n))
-    elem_size = 4 if elem_size >= 4 else 2
-    warps = (rows * block_n * elem_size) // (BYTES_PER_THREAD * WARP_SIZE)
-    max_warps = MAX_NUM_WARPS[elem_size]
-    return block_n, rows, True, max(1, min(max_warps, next_power_of_2(warps)))
+        threads, rows, single = min(LOOP_THREADS, _max_threads(elem_size, target)), 1, False
+        block_n = LOOP_BLOCK_N
+    else:
+        rows = max(1, min(MAX_ROWS_PER_TILE, MIN_TILE_ELEMS // block_n))
+        threads = next_power_of_2((rows * block_n * elem_size) // BYTES_PER_THREAD)
+        threads, single = min(_max_threads(elem_size, target), threads), True
+    return block_n, rows, single, max(1, threads // target.warp_size)
 
 
 def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int, bool]:
@@ -161,14 +278,14 @@ def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int
 def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
     """Forward launch: whole rows in registers up to FWD_MAX_ROW_BYTES of x, then chunks.
 
-    The grid fills every SM to its thread limit (THREADS_PER_SM / threads per program programs
-    per SM) and no more: beyond that, extra programs only queue, while a persistent program
-    reuses its weight and bias registers across its rows. ``elem_size`` sets the warp cap
-    (MAX_NUM_WARPS).
+    The grid fills every SM to its thread limit (``target.max_threads_per_sm`` / threads per
+    program programs per SM) and no more: beyond that, extra programs only queue, while a
+    persistent program reuses its weight and bias registers across its rows. ``elem_size``
+    sets the thread cap (REGISTERS_PER_THREAD).
     """
     max_single_block = FWD_MAX_ROW_BYTES // (4 if elem_size >= 4 else 2)
-    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, max_single_block)
-    per_sm = max(1, THREADS_PER_SM // (warps * WARP_SIZE))
+    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, max_single_block, target)
+    per_sm = max(1, target.max_threads_per_sm // (warps * target.warp_size))
     grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count * per_sm)
     return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
 
@@ -186,12 +303,12 @@ def backward_config(
 
     One program per SM bounds the partial buffers at ``sm_count x N`` float32 per gradient and
     keeps the second stage small; to keep the memory system busy with so few programs, each
-    one uses up to 16 warps, tiles of >= MIN_TILE_ELEMS elements, and a pipelined tile loop
-    (``backward_stages``). ``loaded_tensors``: row tensors read per element (x and dy, and dh
-    with a fused residual); ``partials``: dW/dB partial rows written (0-2). Wide rows walk their
-    tiles in L2-sized groups (``backward_group``).
+    one uses up to 512 threads (1024 for float32), tiles of >= MIN_TILE_ELEMS elements and a
+    pipelined tile loop (``backward_stages``). ``loaded_tensors``: row tensors read per element
+    (x and dy, and dh with a fused residual); ``partials``: dW/dB partial rows written (0-2).
+    Wide rows walk their tiles in L2-sized groups (``backward_group``).
     """
-    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK)
+    block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
     grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count)
     tile_bytes = rows * block_n * elem_size * loaded_tensors
     stages = backward_stages(tile_bytes + (0 if single else 4 * block_n), target)
@@ -207,7 +324,7 @@ def backward_stages(stage_bytes: int, target: Target = H100) -> int:
     """Pipeline depth of the backward: as many ``stage_bytes`` buffers (one tile's or chunk's
     loads; the looped kernel's also hold a chunk of weight and bias) as BWD_SHARED_FRACTION of
     the SM's shared memory holds, at most MAX_NUM_STAGES; 1 (unpipelined) when two don't fit."""
-    fit = int(BWD_SHARED_FRACTION * target.shared_per_sm) // max(stage_bytes, 1)
+    fit = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
     return min(MAX_NUM_STAGES, fit) if fit >= 2 else 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.proof import compile_report, l2, trace, traffic
+from bench.proof import compile_report, l2, occupancy, trace, traffic
 from bench.proof.bytes_model import bytes_moved
 from layernorm_gpu.kernels.heuristics import H100, Target, backward_config, forward_config
 
@@ -338,3 +339,48 @@ def test_32_bit_row_indices_fail_the_64_bit_check(counter_examples):
     narrow = counter_examples["ttir"]
     assert any("arith.muli %pid" in op and ": i32" in op for op in narrow["int32"]), narrow
     assert narrow["int64"] == []
+
+
+# Every other GPU family: the widest 16-bit single block (most registers per thread) and a
+# looped backward (on 64-wide waves these issued 64-bit loads before warps followed threads).
+NEW_TARGETS = ("sm_100", "sm_120", "gfx942", "gfx950")
+ACROSS_TARGETS = [
+    compile_report.Variant("fwd", "bfloat16", 16384),
+    compile_report.Variant("bwd", "bfloat16", 65536, is_rms=True, has_bias=False),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled_across_targets() -> list[compile_report.KernelReport]:
+    return compile_report.compile_all(ACROSS_TARGETS, archs=NEW_TARGETS, jobs=2, unique=False)
+
+
+def test_every_gpu_family_compiles_without_spills_with_128_bit_tiles(compiled_across_targets):
+    reports = [r for r in compiled_across_targets if r.kernel != "sum_partials"]
+    assert sorted({r.arch for r in reports}) == sorted(NEW_TARGETS)
+    assert len(reports) == len(ACROSS_TARGETS) * len(NEW_TARGETS)
+    for r in compiled_across_targets:
+        assert not r.error, r
+        assert 0 < r.regs and (r.stack, r.local) == (0, 0), r
+        assert r.vectorized and r.offsets_64bit, r
+    for r in reports:
+        widths = re.findall(r"\d+x(\d+)b", r.tile_widths)
+        # Every x / dy / y / dx access is 128-bit (the looped LN forward's pivot aside: RMS here).
+        assert widths and set(widths) == {"128"}, r
+        assert r.resident >= 1 and r.tile_load_bytes > 0 and r.pipeline_depth >= 1, r
+    amd = [r for r in reports if r.arch.startswith("gfx")]
+    assert amd and all(r.ld_v4 > 0 and not r.depth_counted for r in amd)
+
+
+def test_compiled_kernels_feed_the_in_flight_model(compiled):
+    """The model's inputs come from the compiled kernel and the launch: x and dy tiles of the
+    16384 x 4096 backward (2 x 8 KiB), x of the forward (8 KiB), the resident programs from the
+    cubin's registers, the grid from the launch."""
+    backward, forward = _report(compiled, COMPILED[1]), _report(compiled, COMPILED[0])
+    assert backward.tile_load_bytes == 2 * 4096 * 2 and backward.grid == 132
+    assert forward.tile_load_bytes == 4096 * 2 and forward.grid == 1024
+    for r in (backward, forward):
+        assert r.resident == occupancy.resident_programs(H100, r.regs, r.num_warps, r.shared)
+        model = r.in_flight()
+        expected = min(r.resident, r.grid / 132) * r.tile_load_bytes * r.pipeline_depth
+        assert model.bytes_per_sm == pytest.approx(expected)

@@ -1,6 +1,7 @@
-"""Compile report: every kernel specialisation the heuristics pick, compiled offline for sm_80
-and sm_90 (no GPU, no driver), with its registers, spills, shared memory, occupancy, 128-bit
-accesses and 64-bit row offsets.
+"""Compile report: every kernel specialisation the heuristics pick, compiled offline for every
+GPU family Triton targets (sm_80, sm_90, sm_100, sm_120, gfx942, gfx950: no GPU, no driver),
+with its registers, spills, shared memory, occupancy, 128-bit accesses, 64-bit row offsets and
+the bytes it keeps in flight against Little's law (:mod:`bench.proof.occupancy`).
 
 How a specialisation is made exactly as a real launch would make it: the real launcher
 (``norm_fwd`` / ``norm_bwd``) runs on ``meta`` tensors with its launches intercepted and
@@ -8,16 +9,19 @@ recorded instead of run (``layernorm_gpu.kernels.registry``), so the grid, argum
 constexprs are the ones a CUDA call would pass; Triton's own JIT binder then specialises them
 (pointers 16-byte aligned, as PyTorch's CUDA allocator guarantees, get ``tt.divisibility=16``;
 so do ints divisible by 16; ints equal to 1 become constexprs) and the specialisation is
-compiled for ``GPUTarget("cuda", arch, 32)`` (:mod:`bench.proof.triton_private`).
+compiled for the target's ``GPUTarget`` (:mod:`bench.proof.triton_private`), with the config
+the heuristics pick for that target (its SM count, warp size and limits).
 
-Per kernel: ``cuobjdump --dump-resource-usage`` (the copy shipped in the Triton wheel) gives
-registers per thread, STACK and LOCAL bytes (spills) and shared memory; the PTX gives the
+Per kernel on NVIDIA: ``cuobjdump --dump-resource-usage`` (the copy shipped in the Triton wheel)
+gives registers per thread, STACK and LOCAL bytes (spills) and shared memory; the PTX gives the
 128-bit (``.v4.b32``) global loads/stores, which tensor each access touches and whether its
-row offset was computed with 64-bit multiplies (:mod:`bench.proof.ptx`); in launches over more
-rows than int32 indexes, the TTIR shows every row index formed in 64-bit arithmetic
-(:mod:`bench.proof.ttir`). Tensors are known by the role the registry gives each pointer
-argument. Occupancy is warps per SM from registers (65536 per SM, allocated per warp in units
-of 256), shared memory and the 64-warp / 32-block limits of sm_80 and sm_90.
+row offset was computed with 64-bit multiplies (:mod:`bench.proof.ptx`). On AMD the assembly's
+metadata gives VGPRs (arch + accumulation), scratch bytes (spills) and LDS, its
+``*_dwordx4`` instructions the 128-bit accesses, and the LLVM IR the tensor and offset math of
+each access (:mod:`bench.proof.llir`). In launches over more rows than int32 indexes, the TTIR
+shows every row index formed in 64-bit arithmetic (:mod:`bench.proof.ttir`). Tensors are known
+by the role the registry gives each pointer argument. Occupancy (resident programs per SM) and
+the pipeline depth come from the compiled kernel (:mod:`bench.proof.occupancy`).
 
 The kernels must be compiled kernels (``triton.jit``), not the interpreter's: when this process
 runs them interpreted (``TRITON_INTERPRET=1``), the compiles run in a child process.
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -41,22 +44,28 @@ from pathlib import Path
 import torch
 
 from layernorm_gpu.kernels import registry
-from layernorm_gpu.kernels.heuristics import MAX_INT32_ROWS
+from layernorm_gpu.kernels.heuristics import (
+    A100,
+    B200,
+    H100,
+    MAX_INT32_ROWS,
+    MI300X,
+    TARGETS,
+    Target,
+)
 
 from ..tables import Table
-from . import triton_private
-from .ptx import global_accesses, widths_by_pointer
+from . import llir, occupancy, ptx, triton_private
+from .ptx import widths_by_pointer
 from .ttir import narrow_program_id_ops
 
-ARCHS = (80, 90)
+# Every target the report compiles for by default (sm_80, sm_90, sm_100, sm_120, gfx942, gfx950).
+ARCHS: tuple[Target, ...] = TARGETS
+# The targets of the in-flight (Little's law) table.
+IN_FLIGHT_TARGETS = (A100, H100, B200, MI300X)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-REGS_PER_SM = 65536
-REG_ALLOC_UNIT = 256  # registers are allocated per warp in multiples of 256
-MAX_WARPS_PER_SM = 64
-MAX_BLOCKS_PER_SM = 32
-SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
-SHARED_RESERVED_PER_BLOCK = 1024
+MAX_WARPS_PER_SM = 64  # sm_80 to sm_100 (the summary's occupancy percentages)
 # The roles whose tile accesses must be 128-bit (x, residual, h, dy, dh loaded; y, h, dx
 # stored); row-addressed roles are the registry's.
 TILE_LOADS = {"x", "residual", "h", "dy", "dh"}
@@ -65,6 +74,19 @@ REPO = Path(__file__).resolve().parents[2]
 # More rows than int32 can index (a (2**31 + 5, N) tensor, on meta: nothing is allocated): the
 # launches that need int64 row indices.
 HUGE_ROWS = 2**31 + 5
+DEFAULT_ROWS = 16384
+
+
+def target_of(arch: Target | int | str) -> Target:
+    """The :class:`Target` named by ``arch``: a Target, its arch string (``"sm_90"``,
+    ``"gfx942"``) or a CUDA compute capability x 10 (``90``)."""
+    if isinstance(arch, Target):
+        return arch
+    name = f"sm_{arch}" if isinstance(arch, int) else arch
+    for target in TARGETS:
+        if target.arch == name:
+            return target
+    raise ValueError(f"no target {arch!r}; known: {', '.join(t.arch for t in TARGETS)}")
 
 
 @dataclass(frozen=True)
@@ -78,13 +100,13 @@ class Variant:
     has_weight: bool = True
     has_bias: bool = True
     fused_residual: bool = False
-    n_rows: int = 16384
+    n_rows: int = DEFAULT_ROWS
 
     def label(self) -> str:
         kind = ("add+" if self.fused_residual else "") + ("RMS" if self.is_rms else "LN")
         affine = "".join(n for n, on in (("w", self.has_weight), ("b", self.has_bias)) if on)
-        huge = f" M={self.n_rows}" if self.n_rows == HUGE_ROWS else ""
-        return f"{kind} {SHORT[self.dtype]} N={self.n_cols} {affine or 'no-affine'}{huge}"
+        rows = f" M={self.n_rows}" if self.n_rows != DEFAULT_ROWS else ""
+        return f"{kind} {SHORT[self.dtype]} N={self.n_cols} {affine or 'no-affine'}{rows}"
 
 
 @dataclass
@@ -93,14 +115,19 @@ class KernelReport:
 
     variant: str
     kernel: str
-    arch: int
+    arch: str  # "sm_90", "gfx942", ...
     num_warps: int
     config: str
-    regs: int = 0
-    stack: int = 0
+    regs: int = 0  # per thread (VGPRs, arch + accumulation, on AMD)
+    stack: int = 0  # bytes per thread (scratch per lane on AMD)
     local: int = 0
-    shared: int = 0
+    shared: int = 0  # bytes per program (LDS on AMD)
     warps_per_sm: int = 0
+    resident: int = 0  # programs an SM (CU) holds: registers, threads, shared memory
+    grid: int = 0
+    tile_load_bytes: int = 0  # x/residual/dy/dh bytes one loop iteration loads
+    pipeline_depth: int = 1  # loop iterations in flight (PTX cp.async), 1 without
+    depth_counted: bool = True  # False where the depth cannot be read (AMD)
     ld_v4: int = 0
     st_v4: int = 0
     tile_widths: str = ""
@@ -114,6 +141,16 @@ class KernelReport:
     def spills(self) -> bool:
         """Registers spilled to the stack or local memory."""
         return self.stack > 0 or self.local > 0
+
+    @property
+    def target(self) -> Target:
+        return target_of(self.arch)
+
+    def in_flight(self) -> occupancy.InFlight:
+        """Bytes in flight per SM against Little's law (:mod:`bench.proof.occupancy`)."""
+        return occupancy.in_flight(
+            self.target, self.resident, self.grid, self.tile_load_bytes, self.pipeline_depth
+        )
 
 
 def _flavours(full: bool) -> list[dict]:
@@ -163,12 +200,12 @@ def variants(full: bool = False) -> list[Variant]:
     ]
 
 
-def launches_of(variant: Variant, arch: int) -> list[registry.Launch]:
+def launches_of(variant: Variant, arch: Target | int | str) -> list[registry.Launch]:
     """The launches the real launcher makes for ``variant`` on ``arch`` (meta tensors),
     recorded instead of run."""
-    from layernorm_gpu.kernels import A100, H100, norm_bwd, norm_fwd
+    from layernorm_gpu.kernels import norm_bwd, norm_fwd
 
-    target = {80: A100, 90: H100}[arch]
+    target = target_of(arch)
     dtype = DTYPES[variant.dtype]
 
     def meta(*shape: int) -> torch.Tensor:
@@ -228,46 +265,70 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {"regs": regs, "stack": stack, "shared": shared, "local": local}
 
 
-def warps_per_sm(regs: int, num_warps: int, shared: int, arch: int) -> int:
+def _amd_resource_usage(amdgcn: str) -> dict[str, int]:
+    """VGPRs (arch + accumulation), scratch bytes per lane and LDS bytes from the AMDGPU
+    assembly's metadata; spilled VGPRs/SGPRs (which land in scratch) as ``local``."""
+
+    def field(pattern: str) -> int:
+        match = re.search(pattern, amdgcn, re.M)
+        if match is None:
+            raise RuntimeError(f"no {pattern!r} in the AMDGPU assembly's metadata")
+        return int(match.group(1))
+
+    spilled = field(r"^\s*\.vgpr_spill_count:\s+(\d+)") + field(r"^\s*\.sgpr_spill_count:\s+(\d+)")
+    return {
+        "regs": field(r"^; TotalNumVgprs: (\d+)"),
+        "stack": field(r"^\s*\.private_segment_fixed_size:\s+(\d+)"),
+        "shared": field(r"^\s*\.group_segment_fixed_size:\s+(\d+)"),
+        "local": spilled,
+    }
+
+
+def warps_per_sm(regs: int, num_warps: int, shared: int, arch: Target | int | str) -> int:
     """Resident warps per SM of a kernel using ``regs`` registers per thread."""
-    regs_per_warp = math.ceil(regs * 32 / REG_ALLOC_UNIT) * REG_ALLOC_UNIT
-    blocks = min(
-        MAX_BLOCKS_PER_SM,
-        MAX_WARPS_PER_SM // num_warps,
-        REGS_PER_SM // max(regs_per_warp * num_warps, 1),
-        SHARED_PER_SM[arch] // (shared + SHARED_RESERVED_PER_BLOCK),
-    )
-    return blocks * num_warps
+    return occupancy.resident_programs(target_of(arch), regs, num_warps, shared) * num_warps
 
 
-def _analyse_ptx(
-    ptx: str,
+def _analyse_accesses(
+    asm: dict,
     signature: dict[str, str],
     launch: registry.Launch,
     dtype_bytes: dict[str, int],
     report: KernelReport,
+    ranged: frozenset[str] = frozenset(),
 ) -> None:
-    """Fill the 128-bit and 64-bit-offset fields of ``report`` from the PTX."""
+    """Fill the 128-bit, 64-bit-offset and tile-load fields of ``report`` from the PTX (CUDA)
+    or the LLVM IR and assembly (AMD). ``ranged``: pointer arguments specialised as spanning
+    under 2 GiB (``tt.pointer_range = 32``, Triton's AMD specialisation of smaller tensors:
+    their 32-bit buffer offsets cannot wrap, and larger tensors compile another variant)."""
     kernel, kwargs = launch.kernel, launch.kwargs
     runtime_args = [name for name, ty in signature.items() if ty != "constexpr"]
     index = {name: i for i, name in enumerate(runtime_args)}
     pointers = {i: name for name, i in index.items() if signature[name].startswith("*")}
     row_scales = {i for name, i in index.items() if name in kernel.row_scales}
-    accesses = global_accesses(ptx, set(pointers), row_scales)
-    report.ld_v4 = sum(a.bits == 128 and not a.is_store for a in accesses)
-    report.st_v4 = sum(a.bits == 128 and a.is_store for a in accesses)
+    if "ptx" in asm:
+        accesses = ptx.global_accesses(asm["ptx"], set(pointers), row_scales)
+        report.ld_v4 = sum(a.bits == 128 and not a.is_store for a in accesses)
+        report.st_v4 = sum(a.bits == 128 and a.is_store for a in accesses)
+    else:
+        accesses = llir.global_accesses(asm["llir"], set(pointers), row_scales)
+        isa = llir.isa_vector_accesses(asm["amdgcn"])
+        report.ld_v4, report.st_v4 = isa[False], isa[True]
     # A row offset with no multiply at all (every row scale specialised to 1, as at N = 1) is
     # the row index itself, whose width the TTIR check establishes.
     for a in accesses:
         role = kernel.pointers.get(pointers.get(a.pointer, ""))
-        if role in registry.ROW_ADDRESSED_ROLES and a.narrow_muls:
+        name = pointers.get(a.pointer, "")
+        if role in registry.ROW_ADDRESSED_ROLES and a.narrow_muls and name not in ranged:
             report.offsets_64bit = False
     rows, block_n = kwargs.get("ROWS_PER_TILE", 1), kwargs.get("BLOCK_N", 0)
+    warp_size = report.target.warp_size
     # The looped LayerNorm forward loads one element per row (its pivot) of x and residual
     # besides the tiles.
     looped_ln = kernel.op == "fwd" and kernel.looped and not kwargs["IS_RMS"]
     pivots = rows if looped_ln else 0
     described = []
+    loaded: dict[str, int] = {}
     for (pointer, is_store), widths in sorted(
         widths_by_pointer(accesses).items(), key=lambda kv: (str(kv[0][0]), kv[0][1])
     ):
@@ -275,7 +336,9 @@ def _analyse_ptx(
         role = kernel.pointers.get(name)
         if role not in (TILE_STORES if is_store else TILE_LOADS):
             continue
-        per_thread = rows * block_n * dtype_bytes[name] // (32 * report.num_warps)
+        if not is_store:
+            loaded[role] = dtype_bytes[name]
+        per_thread = rows * block_n * dtype_bytes[name] // (warp_size * report.num_warps)
         wide = widths[128] * 16
         narrow = sum(n for bits, n in widths.items() if bits != 128)
         allowed = pivots if role in ("x", "residual") and not is_store else 0
@@ -286,6 +349,7 @@ def _analyse_ptx(
             + " ".join(f"{n}x{bits}b" for bits, n in sorted(widths.items()))
         )
     report.tile_widths = "; ".join(described)
+    report.tile_load_bytes = occupancy.tile_load_bytes(loaded, rows * block_n, kernel.looped)
 
 
 def _rows_covered(launch: registry.Launch) -> int:
@@ -298,8 +362,11 @@ def _rows_covered(launch: registry.Launch) -> int:
     return launch.grid[0] * named["tiles_per_program"] * named["ROWS_PER_TILE"]
 
 
-def compile_launch(variant: Variant, arch: int, launch: registry.Launch) -> KernelReport:
+def compile_launch(
+    variant: Variant, arch: Target | int | str, launch: registry.Launch
+) -> KernelReport:
     """Compile one launch for ``arch`` and measure it."""
+    target = target_of(arch)
     kernel, kwargs = launch.kernel, launch.kwargs
     label = variant.label()
     if kernel.op == "sum_partials":
@@ -313,26 +380,40 @@ def compile_launch(variant: Variant, arch: int, launch: registry.Launch) -> Kern
     report = KernelReport(
         label,
         kernel.name,
-        arch,
+        target.arch,
         kwargs["num_warps"],
         f"{config} {kwargs['num_warps']}w grid {launch.grid[0]}",
+        grid=launch.grid[0],
     )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Triton 3.9's FP-fusion default notice
             src, options, signature = triton_private.specialise(
-                kernel.fn, launch.args, kwargs, arch
+                kernel.fn, launch.args, kwargs, target
             )
             report.key = src.hash()
-            asm = triton_private.compile_for(src, arch, options)
-        report.__dict__.update(_resource_usage(asm["cubin"]))
-        report.warps_per_sm = warps_per_sm(report.regs, report.num_warps, report.shared, arch)
+            asm = triton_private.compile_for(src, target, options)
+        if target.backend == "hip":
+            report.__dict__.update(_amd_resource_usage(asm["amdgcn"]))
+            report.depth_counted = False
+        else:
+            report.__dict__.update(_resource_usage(asm["cubin"]))
+            report.pipeline_depth = occupancy.pipeline_depth(asm["ptx"])
+        report.resident = occupancy.resident_programs(
+            target, report.regs, report.num_warps, report.shared
+        )
+        report.warps_per_sm = report.resident * report.num_warps
         dtype_bytes = {
             name: t.element_size()
             for name, t in launch.named_args().items()
             if isinstance(t, torch.Tensor)
         }
-        _analyse_ptx(asm["ptx"], signature, launch, dtype_bytes, report)
+        ranged = frozenset(
+            kernel.arg_names[key[0]]
+            for key, attrs in src.attrs.items()
+            if ["tt.pointer_range", 32] in attrs
+        )
+        _analyse_accesses(asm, signature, launch, dtype_bytes, report, ranged)
         if _rows_covered(launch) > MAX_INT32_ROWS:  # else its rows fit int32
             report.narrow_row_index = "; ".join(narrow_program_id_ops(asm["ttir"]))
             report.offsets_64bit &= not report.narrow_row_index
@@ -341,7 +422,7 @@ def compile_launch(variant: Variant, arch: int, launch: registry.Launch) -> Kern
     return report
 
 
-def _compile_variant(variant: Variant, arch: int) -> list[KernelReport]:
+def _compile_variant(variant: Variant, arch: Target) -> list[KernelReport]:
     return [compile_launch(variant, arch, launch) for launch in launches_of(variant, arch)]
 
 
@@ -350,14 +431,19 @@ def _kernels_interpreted() -> bool:
 
 
 def compile_all(
-    variants_: list[Variant], archs: tuple[int, ...] = ARCHS, jobs: int = 0, unique: bool = True
+    variants_: list[Variant],
+    archs: tuple[Target | int | str, ...] = ARCHS,
+    jobs: int = 0,
+    unique: bool = True,
 ) -> list[KernelReport]:
-    """Compile every launch of every variant for every arch. ``unique``: report a
-    specialisation once even when several variants launch it (the partial-sum kernel, row
-    widths that specialise alike). ``jobs``: worker processes (0: one per CPU core)."""
+    """Compile every launch of every variant for every target (``archs``: Targets, arch
+    names or CUDA compute capabilities). ``unique``: report a specialisation once even when
+    several variants launch it (the partial-sum kernel, row widths that specialise alike).
+    ``jobs``: worker processes (0: one per CPU core)."""
+    targets = tuple(target_of(a) for a in archs)
     if _kernels_interpreted():
-        return _compile_in_child(variants_, archs, jobs, unique)
-    tasks = [(v, a) for v in variants_ for a in archs]
+        return _compile_in_child(variants_, targets, jobs, unique)
+    tasks = [(v, t) for v in variants_ for t in targets]
     # Forked workers touch no CUDA (meta tensors, an explicit compile target), so a CUDA
     # context in the caller is no obstacle.
     with ProcessPoolExecutor(max_workers=jobs or os.cpu_count()) as pool:
@@ -372,14 +458,14 @@ def compile_all(
 
 
 def _compile_in_child(
-    variants_: list[Variant], archs: tuple[int, ...], jobs: int, unique: bool
+    variants_: list[Variant], targets: tuple[Target, ...], jobs: int, unique: bool
 ) -> list[KernelReport]:
     """Run :func:`compile_all` in a fresh process whose kernels are compiled, not interpreted."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     request = json.dumps(
         {
             "variants": [asdict(v) for v in variants_],
-            "archs": list(archs),
+            "archs": [asdict(t) for t in targets],
             "jobs": jobs,
             "unique": unique,
         }
@@ -407,7 +493,7 @@ def report_table(reports: list[KernelReport], title: str) -> tuple[Table, bool]:
         [
             "kernel",
             "variant",
-            "sm",
+            "arch",
             "tile, warps, grid",
             "regs",
             "spill B",
@@ -436,15 +522,16 @@ def report_table(reports: list[KernelReport], title: str) -> tuple[Table, bool]:
             r.regs,
             f"{r.stack}/{r.local}",
             r.shared,
-            f"{r.warps_per_sm} ({r.warps_per_sm / MAX_WARPS_PER_SM:.0%})",
+            f"{r.warps_per_sm} ({r.warps_per_sm / r.target.max_warps_per_sm:.0%})",
             f"{r.ld_v4}/{r.st_v4}",
             r.tile_widths or "-",
             "yes" if r.offsets_64bit else "NO",
             "PASS" if ok else "FAIL",
         )
     table.notes += [
-        "spill B: STACK/LOCAL bytes per thread from cuobjdump (0/0 = no spills); warps/SM: "
-        "resident warps from registers, shared memory and the 64-warp limit.",
+        "spill B: STACK/LOCAL bytes per thread from cuobjdump (0/0 = no spills; on AMD: "
+        "scratch bytes per lane / spilled VGPRs + SGPRs); warps/SM: resident warps (waves per "
+        "CU on AMD) from registers, shared memory (LDS) and the thread limit.",
         "tile accesses: static global loads/stores of x, residual, h, dy, dh (ld) and y, h, dx "
         "(st) by width; the looped LayerNorm forward also loads one element per row (the "
         "pivot).",
@@ -494,7 +581,7 @@ def alignment_table(reports: list[KernelReport]) -> tuple[Table, bool]:
     )
     all_ok = True
     for r in reports:
-        if r.kernel == "sum_partials" or r.arch != 90:
+        if r.kernel == "sum_partials" or r.arch != "sm_90":
             continue
         dtype = next(d for d, short in SHORT.items() if f" {short} " in f" {r.variant} ")
         n_cols = int(re.search(r"N=(\d+)", r.variant).group(1))
@@ -521,6 +608,133 @@ def alignment_table(reports: list[KernelReport]) -> tuple[Table, bool]:
     return table, all_ok
 
 
+# Issue 10's table, the in-flight section's first output: bfloat16 launches at the shapes where
+# latency hiding decides the speed (LN and RMS where the issue groups them).
+IN_FLIGHT_CASES: tuple[tuple[str, tuple[Variant, ...]], ...] = (
+    ("16384 x 4096 LayerNorm backward", (Variant("bwd", "bfloat16", 4096),)),
+    ("16384 x 4096 LayerNorm forward", (Variant("fwd", "bfloat16", 4096),)),
+    *(
+        (
+            f"{m} x {n} {'forward' if op == 'fwd' else 'backward'} (LN / RMS)",
+            (
+                Variant(op, "bfloat16", n, n_rows=m),
+                Variant(op, "bfloat16", n, is_rms=True, has_bias=False, n_rows=m),
+            ),
+        )
+        for op, m, n in (("bwd", 4096, 16384), ("fwd", 1024, 65536), ("bwd", 1024, 65536))
+    ),
+)
+# Streaming launches the in-flight targets hold for: rows at least this wide, and at least
+# this many rows per SM (issue 10, goal 1).
+IN_FLIGHT_MIN_COLS = 1024
+IN_FLIGHT_MIN_ROWS_PER_SM = 8
+
+
+def in_flight_variants() -> list[Variant]:
+    """Every launch of :data:`IN_FLIGHT_CASES`."""
+    return [v for _, case in IN_FLIGHT_CASES for v in case]
+
+
+def _shape(label: str) -> tuple[int, int]:
+    """(n_rows, n_cols) of a variant label."""
+    rows = re.search(r"M=(\d+)", label)
+    return (int(rows.group(1)) if rows else DEFAULT_ROWS), int(re.search(r"N=(\d+)", label)[1])
+
+
+def _ratio(r: KernelReport) -> str:
+    """In flight / needed, marked where the pipeline depth could not be counted (AMD)."""
+    return f"{r.in_flight().ratio:.2f}" + ("" if r.depth_counted else "*")
+
+
+def in_flight_table(
+    reports: list[KernelReport], targets: tuple[Target, ...] = IN_FLIGHT_TARGETS
+) -> Table:
+    """Issue 10's table: bytes in flight per SM over Little's law for each case and target
+    (LN / RMS when they differ), from the compiled streaming kernels of ``reports``."""
+    by_key = {
+        (r.kernel.split("_")[1], r.variant, r.arch): r
+        for r in reports
+        if r.kernel != "sum_partials"
+    }
+    table = Table(
+        "Bytes in flight per SM / Little's law (bf16; compiled kernels, offline)",
+        ["shape, op", *(f"{t.name} ({t.arch})" for t in targets)],
+    )
+    for what, case in IN_FLIGHT_CASES:
+        cells = []
+        for t in targets:
+            found = [by_key.get((v.op, v.label(), t.arch)) for v in case]
+            if any(r is None or r.error for r in found):
+                cells.append("not compiled")
+                continue
+            ratios = list(dict.fromkeys(_ratio(r) for r in found))
+            cells.append(" / ".join(ratios))
+        table.add(what, *cells)
+    table.notes += [
+        "in flight per SM = programs per SM (resident from the compiled kernel's registers, "
+        "warps and shared memory, capped by grid / SMs) x tile bytes one loop iteration loads "
+        "(x, residual, dy, dh) x pipeline depth (cp.async wait groups in the PTX, else 1); "
+        "needed = DRAM bandwidth per SM x loaded latency ("
+        + ", ".join(f"{t.name} {t.bytes_in_flight_needed / 1024:.1f} KiB" for t in targets)
+        + "). Targets: >= 1.5 on A100 and H100, >= 1.0 on B200 (bench/proof/occupancy.py).",
+        "* AMD: depth 1 assumed (the ISA has no cp.async to count).",
+    ]
+    return table
+
+
+def in_flight_checks(reports: list[KernelReport]) -> tuple[Table, int, int]:
+    """Per streaming launch and target, the in-flight model and its check; (table, checked,
+    missed). Checked: rows of >= IN_FLIGHT_MIN_COLS columns and >= IN_FLIGHT_MIN_ROWS_PER_SM
+    rows per SM on the targets of :data:`occupancy.RATIO_TARGETS`; others are reported."""
+    table = Table(
+        "Latency hiding per launch: bytes in flight per SM against Little's law",
+        [
+            "kernel",
+            "variant",
+            "arch",
+            "programs/SM (resident)",
+            "tile B x depth",
+            "in flight KiB",
+            "needed KiB",
+            "ratio",
+            "target",
+            "verdict",
+        ],
+    )
+    checked = missed = 0
+    for r in reports:
+        if r.kernel == "sum_partials" or r.error:
+            continue
+        model = r.in_flight()
+        n_rows, n_cols = _shape(r.variant)
+        goal = occupancy.RATIO_TARGETS.get(r.arch)
+        applies = n_cols >= IN_FLIGHT_MIN_COLS and n_rows >= 8 * r.target.sm_count
+        verdict = "reported"
+        if goal is not None and applies:
+            checked += 1
+            met = model.ratio >= goal
+            missed += not met
+            verdict = "met" if met else "MISS"
+        table.add(
+            r.kernel,
+            r.variant,
+            r.arch,
+            f"{model.programs_per_sm:.2f} ({model.resident})",
+            f"{r.tile_load_bytes} x {r.pipeline_depth}{'' if r.depth_counted else '*'}",
+            f"{model.bytes_per_sm / 1024:.1f}",
+            f"{model.needed / 1024:.1f}",
+            f"{model.ratio:.2f}",
+            f">= {goal}" if goal is not None and applies else "-",
+            verdict,
+        )
+    table.notes.append(
+        f"{missed} of {checked} checked launches miss their target. A miss is reported, not a "
+        "failure of this report's exit status (which covers compiles, spills, 128-bit accesses "
+        "and 64-bit offsets)."
+    )
+    return table, checked, missed
+
+
 def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -530,12 +744,18 @@ def _main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="every dtype, regime and flavour")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (0: CPU count)")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=[t.arch for t in ARCHS],
+        help="archs to compile for (default: all of sm_80 sm_90 sm_100 sm_120 gfx942 gfx950)",
+    )
     args = parser.parse_args()
     if args.json:
         request = json.loads(sys.stdin.read())
         reports = compile_all(
             [Variant(**v) for v in request["variants"]],
-            tuple(request["archs"]),
+            tuple(Target(**t) for t in request["archs"]),
             request["jobs"],
             request["unique"],
         )
@@ -543,11 +763,17 @@ def _main() -> None:
         return
     from ..tables import print_table
 
+    targets = tuple(target_of(a) for a in args.targets)
+    flight_targets = tuple(t for t in IN_FLIGHT_TARGETS if t in targets)
+    if flight_targets:
+        flying = compile_all(in_flight_variants(), flight_targets, args.jobs, unique=False)
+        print_table(in_flight_table(flying, flight_targets))
+    reports = compile_all(variants(args.full), targets, args.jobs)
     table, ok = report_table(
-        compile_all(variants(args.full), jobs=args.jobs),
-        "Compile report (offline, sm_80 and sm_90)",
+        reports, f"Compile report (offline, {', '.join(t.arch for t in targets)})"
     )
     print_table(table)
+    print_table(in_flight_checks(reports)[0])
     sys.exit(0 if ok else 1)
 
 

@@ -579,7 +579,7 @@ def widths_table(
                 group = "" if c.single_block else f", groups of {c.tiles_per_group}"
                 table.add(
                     n_cols,
-                    f"sm_{target.arch}",
+                    target.name,
                     mode,
                     f"{shape}, grid {c.grid}, {c.num_stages} stages{group}",
                     window,

@@ -1,8 +1,9 @@
 """Every use of Triton's private (undocumented, version-specific) API in the proof tools.
 
-Checked with Triton 3.9. When Triton changes, this is the one module to update; each function
-says what it reaches into. Everything else in ``bench.proof`` goes through the kernels' seam
-(``layernorm_gpu.kernels.registry``) and these functions.
+Checked with Triton 3.9 (whose wheel compiles for sm_80 to sm_120 and, through its bundled LLVM
+and lld, for gfx942 / gfx950: no ROCm install needed). When Triton changes, this is the one
+module to update; each function says what it reaches into. Everything else in ``bench.proof``
+goes through the kernels' seam (``layernorm_gpu.kernels.registry``) and these functions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from layernorm_gpu.kernels.heuristics import Target
 
 
 def is_interpreted(fn: Any) -> bool:
@@ -27,15 +30,21 @@ def is_interpreted(fn: Any) -> bool:
     return isinstance(fn, InterpretedFunction)
 
 
-def gpu_target(arch: int):
-    """The CUDA compile target ``sm_<arch>`` (``triton.backends.compiler.GPUTarget``: public
+def gpu_target(target: Target | int):
+    """The compile target of ``target``: ``GPUTarget("cuda", <capability>, 32)`` for
+    ``sm_<capability>`` (an int is a CUDA compute capability x 10),
+    ``GPUTarget("hip", "gfx...", 64)`` on AMD (``triton.backends.compiler.GPUTarget``: public
     in use, but not in Triton's documented API)."""
     from triton.backends.compiler import GPUTarget
 
-    return GPUTarget("cuda", arch, 32)
+    if isinstance(target, int):
+        return GPUTarget("cuda", target, 32)
+    if target.backend == "hip":
+        return GPUTarget("hip", target.arch, target.warp_size)
+    return GPUTarget("cuda", target.capability, target.warp_size)
 
 
-def specialise(fn: Any, args: tuple, kwargs: dict, arch: int) -> tuple[Any, dict, dict]:
+def specialise(fn: Any, args: tuple, kwargs: dict, target: Target | int) -> tuple[Any, dict, dict]:
     """``(ASTSource, options, signature)`` of a launch, exactly as the JIT would build them.
 
     Private: ``triton.runtime.jit.create_function_from_signature`` (the JIT's argument
@@ -46,7 +55,7 @@ def specialise(fn: Any, args: tuple, kwargs: dict, arch: int) -> tuple[Any, dict
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    backend = make_backend(gpu_target(arch))
+    backend = make_backend(gpu_target(target))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(
@@ -55,13 +64,13 @@ def specialise(fn: Any, args: tuple, kwargs: dict, arch: int) -> tuple[Any, dict
     return ASTSource(fn, signature, constexprs, attrs), options.__dict__, signature
 
 
-def compile_for(src: Any, arch: int, options: dict) -> dict[str, Any]:
-    """Compile a specialisation for ``sm_<arch>``: its ``asm`` dict (``ttir``, ``ptx``,
-    ``cubin``, ...). ``triton.compile`` of an ``ASTSource`` is public; the ``asm`` keys are not
-    documented."""
+def compile_for(src: Any, target: Target | int, options: dict) -> dict[str, Any]:
+    """Compile a specialisation for ``target``: its ``asm`` dict (``ttir``, ``llir``, and
+    ``ptx`` / ``cubin`` on CUDA, ``amdgcn`` / ``hsaco`` on AMD). ``triton.compile`` of an
+    ``ASTSource`` is public; the ``asm`` keys are not documented."""
     import triton
 
-    return triton.compile(src, target=gpu_target(arch), options=options).asm
+    return triton.compile(src, target=gpu_target(target), options=options).asm
 
 
 def cuobjdump() -> Path:

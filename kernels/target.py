@@ -13,7 +13,11 @@ from .heuristics import H100, Target
 @functools.cache
 def _cuda_target(index: int) -> Target:
     props = torch.cuda.get_device_properties(index)
-    return Target(sm_count=props.multi_processor_count, arch=props.major * 10 + props.minor)
+    return Target(
+        sm_count=props.multi_processor_count,
+        arch=props.major * 10 + props.minor,
+        l2_bytes=props.L2_cache_size,
+    )
 
 
 def device_target(device: torch.device) -> Target:

@@ -136,7 +136,9 @@ def programs_per_sm(
     ``device`` (CUDA), at least 1; None on other devices and on ROCm.
 
     Compiled once per specialisation and device (``fn.warmup``, which also fills Triton's
-    cache for the launch that follows); later calls are a dictionary lookup.
+    cache for the launch that follows); later calls are a dictionary lookup. Triton-private,
+    as in its fused-softmax tutorial: ``CompiledKernel._init_handles`` loads the binary, which
+    sets ``n_regs``.
     """
     if device.type != "cuda" or torch.version.hip:
         return None

@@ -195,31 +195,44 @@ def _reports(args: argparse.Namespace) -> int:
                 step.advance()
                 big, _ = traffic.big_shape_table()
                 step.advance()
-            detailed += [*tables, big, traffic.prediction_table()]
+            widths, _ = traffic.widths_table(traffic.WINDOW_TARGETS)
+            detailed += [*tables, big, widths, traffic.prediction_table()]
     cache = triton_cache_dir()
     cache_before = folder_bytes(cache)
     if "compile" in selected:
         variants = compile_report.variants(args.full)
         alignment = compile_report.alignment_variants(args.full)
-        with steps.step("Compiling the kernels for A100 and H100, no GPU needed", units=2) as step:
-            step.say(f"{len(variants)} launches x sm_80, sm_90 (the first run takes a while)")
+        flight = compile_report.in_flight_variants()
+        archs = ", ".join(t.arch for t in compile_report.ARCHS)
+        with steps.step(
+            "Compiling the kernels for every GPU family, no GPU needed", units=3
+        ) as step:
+            step.say(f"{len(variants)} launches x {archs} (the first run takes minutes)")
             reports = compile_report.compile_all(variants, jobs=args.jobs)
             step.advance(f"{len(alignment)} row widths for sm_90")
             aligned = compile_report.compile_all(
                 alignment, archs=(90,), jobs=args.jobs, unique=False
             )
+            step.advance(f"{len(flight)} launches of issue 10's in-flight table")
+            in_flight = compile_report.compile_all(
+                flight, archs=compile_report.IN_FLIGHT_TARGETS, jobs=args.jobs
+            )
             step.advance()
         table, compiled = findings.compile_table(reports, aligned, alignment)
         show(table)
         outcomes += compiled
+        table, latency = findings.in_flight_table(in_flight + reports)
+        show(table)
+        outcomes.append(latency)
         if args.details:
             title = (
                 f"Compile report ({'full' if args.full else 'representative subset'}), "
-                "offline for sm_80 and sm_90"
+                f"offline for {archs}"
             )
             detailed += [
                 compile_report.report_table(reports, title)[0],
                 compile_report.alignment_table(aligned)[0],
+                compile_report.in_flight_checks(in_flight + reports)[0],
             ]
     if "cpu" in selected:
         with steps.step(

@@ -243,3 +243,22 @@ def compile_table(
         ),
     ]
     return table, outcomes
+
+
+def in_flight_table(reports: list[compile_report.KernelReport]) -> tuple[Table, Outcome]:
+    """Issue 10's latency table (bytes in flight per SM over Little's law, from the compiled
+    kernels) and the verdict of the per-launch checks (>= 1.5x on A100 and H100, >= 1.0x on
+    B200, for rows of >= 1024 columns and >= 8 rows per SM)."""
+    table = compile_report.in_flight_table(reports)
+    _, checked, missed = compile_report.in_flight_checks(reports)
+    table.notes.append(
+        f"Checked per launch: {checked - missed} of {checked} streaming launches keep enough "
+        "bytes in flight (--details lists each)."
+    )
+    outcome = Outcome(
+        "Latency hiding (Little's law, compiled kernels)",
+        ">= 1.5x on A100 and H100, >= 1.0x on B200",
+        f"{checked - missed} of {checked} launches",
+        judge(missed == 0),
+    )
+    return table, outcome

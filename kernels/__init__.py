@@ -4,7 +4,8 @@ Installed as ``layernorm_gpu.kernels``; imports inside this package are relative
 
 - ``heuristics``: the launch configs, pure Python (no Triton, no torch).
 - ``norm_fwd`` / ``norm_bwd``: the launchers (and modules holding the jit kernels).
-- ``rows``: strided row addressing; ``target``: the GPU a launch runs on.
+- ``rows``: strided row addressing; ``target``: the GPU a launch runs on; ``occupancy``: the
+  resident programs per SM of a compiled kernel (the forward's persistent grid on CUDA).
 - ``registry``: every jit kernel and the role of each pointer argument, for the reports.
 
 Importing this package (or ``layernorm_gpu.kernels.heuristics``) does not import Triton: the

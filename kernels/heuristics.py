@@ -52,6 +52,35 @@ BYTES_PER_THREAD = 32
 # on sm_90). A program gets at most registers_per_sm / REGISTERS_PER_THREAD threads: 512 and
 # 1024 on NVIDIA (64K registers per SM), 1024 and 1024 on CDNA (128K per CU, 1024 per block).
 REGISTERS_PER_THREAD = {2: 128, 4: 64}
+# Bytes of x (and residual) each forward program keeps in flight. Little's law per SM (DRAM
+# bandwidth per SM x loaded latency): B200 8 TB/s / 148 SMs x ~700 ns = 37 KiB, H100 3.35 TB/s /
+# 132 x ~700 ns = 17 KiB, A100 2.0 TB/s / 108 x ~600 ns = 11 KiB. 40 KiB per program covers
+# the largest alone, so the target holds even where registers leave one program per SM (the
+# 16-warp tiles: 72 to 128 registers x 512 threads). Without pipelining a program has one tile
+# in flight: 8 KiB at 16384 x 4096 bf16, 3 programs per SM = 24 KiB (1.38x H100, 0.65x B200).
+# Pipelined 6 deep (compiled offline, sm_90 / sm_100): 80 registers, 40 KiB of shared memory,
+# still 3 programs per SM, 120 KiB in flight (6.8x H100, 3.2x B200), 0 spills.
+FWD_BYTES_IN_FLIGHT = 40 * 1024
+# The forward's row loop is software-pipelined (``tl.range(num_stages=S)``): Triton 3.9 turns
+# its loads into ``cp.async`` (16-byte, 128-bit) copies into S - 1 shared-memory buffers and
+# issues the copy of tile i + S - 1 right after tile i leaves shared memory, so a program that
+# waits on memory has S - 1 tiles in flight. S = 2 issues tile i + 1 only after tile i is
+# consumed (no overlap), so the stages are 1 (plain loads, for tiles that alone fill the
+# budget) or 3 to FWD_MAX_STAGES. Deeper pipelines cost registers (bf16 4x1024 tiles at 8
+# warps, sm_90: 64 registers at S = 3, 89 at 6, 104 at 7).
+FWD_MAX_STAGES = 8
+# Shared memory of the pipeline buffers of one program at most: fits A100's 163 KiB per block.
+FWD_MAX_PIPELINE_BYTES = 128 * 1024
+# Rows wider than the single block are read twice (statistics, then y); the second read must
+# hit L2. While a program walks its row, every resident program streams its own: the window
+# is (resident programs) x (bytes of the row re-read), and the looped forward's grid keeps it
+# within this fraction of L2. Half: between a chunk's two reads, each program moves one row
+# through L2 (the rest of its row's x, then the y written before the chunk: two rows with
+# float32 y of 16-bit x), and the L2 of A100 and H100 is two partitions that may each hold a
+# copy of a line. Pass 2 walks the row in pass 1's order, so every chunk has that same reuse
+# distance; walking it backwards would shorten it for the last chunks and double it for the
+# first (2 x (row - offset) of x and y), which only pays once the window overflows.
+FWD_L2_WINDOW_FRACTION = 0.5
 # Partial-sum reduction: each program owns PARTIAL_BLOCK_N columns and walks the partial rows
 # PARTIAL_BLOCK_P at a time, in order (deterministic). 32 columns (128 bytes, one cache line per
 # partial row) give N / 32 programs: 128 at N = 4096, about one per SM; 128 x 32 float32 is
@@ -203,8 +232,8 @@ class NormConfig:
     A program walks ``tiles_per_program`` consecutive tiles of ``rows_per_tile`` rows; a tile
     is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks. Row
     indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32. The tile (or chunk)
-    loop is pipelined ``num_stages`` deep; the looped backward walks its tiles in groups of
-    ``tiles_per_group``.
+    loop is pipelined ``num_stages`` deep (the looped forward: its first pass); the looped backward
+    walks its tiles in groups of ``tiles_per_group``.
     """
 
     block_n: int
@@ -275,19 +304,60 @@ def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int
     return grid, tiles_per_program, grid * tiles_per_program * rows_per_tile > MAX_INT32_ROWS
 
 
-def forward_config(n_rows: int, n_cols: int, elem_size: int, target: Target = H100) -> NormConfig:
+def _pipeline_stages(tile_bytes: int, bytes_in_flight: int, target: Target) -> int:
+    """Stages that keep ``bytes_in_flight`` of ``tile_bytes`` tiles in flight (FWD_MAX_STAGES),
+    their buffers within FWD_MAX_PIPELINE_BYTES and the target's shared memory less 32 KiB (for
+    the reductions and another program). 1 on AMD targets: Triton's AMD pipeliner stages loads
+    through the 64 KiB LDS differently (a 16-bit 16384-column forward spilled on gfx942 with
+    it), and the in-flight model cannot count its depth."""
+    budget = min(FWD_MAX_PIPELINE_BYTES, target.shared_memory_per_sm - 32 * 1024)
+    if tile_bytes >= bytes_in_flight or target.backend == "hip" or 2 * tile_bytes > budget:
+        return 1
+    buffers = min(_cdiv(bytes_in_flight, tile_bytes), budget // tile_bytes)
+    return max(3, min(FWD_MAX_STAGES, buffers + 1))
+
+
+def forward_config(
+    n_rows: int,
+    n_cols: int,
+    elem_size: int,
+    target: Target = H100,
+    *,
+    residual_elem_size: int = 0,
+    h_elem_size: int = 0,
+    programs_per_sm: int | None = None,
+) -> NormConfig:
     """Forward launch: whole rows in registers up to FWD_MAX_ROW_BYTES of x, then chunks.
 
-    The grid fills every SM to its thread limit (``target.max_threads_per_sm`` / threads per
-    program programs per SM) and no more: beyond that, extra programs only queue, while a
-    persistent program reuses its weight and bias registers across its rows. ``elem_size``
-    sets the thread cap (REGISTERS_PER_THREAD).
+    ``residual_elem_size`` / ``h_elem_size``: the fused add's residual and h (0 without one).
+    The tile (or first-pass chunk) loop is pipelined to keep FWD_BYTES_IN_FLIGHT of x and
+    residual in flight per program. The grid is one persistent wave: ``programs_per_sm``
+    resident programs on every SM, as the compiled kernel allows (``occupancy.py``; None:
+    ``target.max_threads_per_sm`` / threads per program, a ceiling), each reusing its weight
+    and bias registers across its rows. Looped rows: at most FWD_L2_WINDOW_FRACTION of L2 in
+    rows being re-read at once (a whole number of programs per SM, or fewer programs than SMs
+    when one row per SM exceeds it, their pipelines deepened by SMs / programs).
+
+    Batch invariance: the stages depend on N, the dtypes and the target, never on M, and only
+    move data (the arithmetic of a row is the same at any depth).
     """
     max_single_block = FWD_MAX_ROW_BYTES // (4 if elem_size >= 4 else 2)
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, max_single_block, target)
-    per_sm = max(1, target.max_threads_per_sm // (warps * target.warp_size))
-    grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count * per_sm)
-    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows)
+    per_sm = programs_per_sm or max(1, target.max_threads_per_sm // (warps * target.warp_size))
+    max_programs = target.sm_count * per_sm
+    bytes_in_flight = FWD_BYTES_IN_FLIGHT
+    if not single:
+        row_bytes = n_cols * max(elem_size, h_elem_size)
+        window = max(1, int(FWD_L2_WINDOW_FRACTION * target.l2_bytes) // row_bytes)
+        if window >= target.sm_count:
+            window -= window % target.sm_count
+        else:
+            bytes_in_flight = _cdiv(bytes_in_flight * target.sm_count, window)
+        max_programs = min(max_programs, window)
+    tile_bytes = rows * block_n * (elem_size + residual_elem_size)
+    stages = _pipeline_stages(tile_bytes, bytes_in_flight, target)
+    grid, tiles, int64_rows = _persistent(n_rows, rows, max_programs)
+    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages)
 
 
 def backward_config(
@@ -323,9 +393,11 @@ def backward_config(
 def backward_stages(stage_bytes: int, target: Target = H100) -> int:
     """Pipeline depth of the backward: as many ``stage_bytes`` buffers (one tile's or chunk's
     loads; the looped kernel's also hold a chunk of weight and bias) as BWD_SHARED_FRACTION of
-    the SM's shared memory holds, at most MAX_NUM_STAGES; 1 (unpipelined) when two don't fit."""
+    the SM's shared memory holds, at most MAX_NUM_STAGES; 1 (plain loads) when three don't fit
+    (two stages overlap nothing: the next tile's copy is issued only once the current one is
+    consumed) and on AMD targets (see :func:`_pipeline_stages`)."""
     fit = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
-    return min(MAX_NUM_STAGES, fit) if fit >= 2 else 1
+    return min(MAX_NUM_STAGES, fit) if fit >= 3 and target.backend == "cuda" else 1
 
 
 def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:

@@ -12,7 +12,10 @@ float32); it, y's dtype and the fused add are the only roundings.
 
 Two kernels share the helpers below: rows up to the single-block width are read once and kept
 in registers (:func:`_norm_fwd_single_block_kernel`); wider rows are merged chunk by chunk
-(Chan's parallel variance) and re-read once for y (:func:`_norm_fwd_looped_kernel`).
+(Chan's parallel variance) and re-read once for y, from L2 (:func:`_norm_fwd_looped_kernel`).
+Both are persistent (one wave of programs, each walking consecutive tiles) and software-
+pipelined: their loads of x and residual are ``NUM_STAGES``-deep ``cp.async`` copies, so a
+program has the next tiles (or chunks) in flight while it reduces the current one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import occupancy
 from .heuristics import NormConfig, Target, forward_config
 from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
@@ -86,7 +90,9 @@ def _store_stats(Mean, Rstd, rows, row_mask, mean, rstd, IS_RMS: tl.constexpr):
     tl.store(Rstd + rows, rstd, mask=row_mask)
 
 
-@triton.jit
+# tiles_per_program depends on the grid, which is sized from the compiled kernel's occupancy
+# (occupancy.py): not specialised, so the kernel measured is the kernel launched.
+@triton.jit(do_not_specialize=["tiles_per_program"])
 def _norm_fwd_single_block_kernel(
     X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
     R,  # (n_rows, n_cols) rows of the residual, or None
@@ -120,13 +126,15 @@ def _norm_fwd_single_block_kernel(
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Forward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
 
     One program normalises ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows,
     each a ``(ROWS_PER_TILE, BLOCK_N)`` block in registers: x (and residual) read once, y (and
     h) written once, one mean (LayerNorm) and rstd per row. The mean is taken on
-    ``h - h[:, 0]``, so a constant row centres to exactly zero.
+    ``h - h[:, 0]``, so a constant row centres to exactly zero. The tile loop is pipelined
+    ``NUM_STAGES`` deep (tiles ``i + 1 .. i + NUM_STAGES - 1`` load while tile ``i`` reduces).
     """
     pid = program_id(INT64_ROWS)
     # n_cols is a multiple of ALIGN: written so the compiler sees it, the column masks then
@@ -139,7 +147,7 @@ def _norm_fwd_single_block_kernel(
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     w, b = _load_affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-    for i in range(tiles_per_program):
+    for i in tl.range(tiles_per_program, num_stages=NUM_STAGES):
         rows, row_mask = tile_rows(
             (pid * tiles_per_program + i) * ROWS_PER_TILE, n_rows, ROWS_PER_TILE
         )
@@ -172,7 +180,7 @@ def _chan_merge(count, mean, m2, n_chunk, mean_chunk, m2_chunk):
     return total, mean, m2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tiles_per_program"])
 def _norm_fwd_looped_kernel(
     X,  # (n_rows, n_cols) rows of x, addressed through (x_d1, x_d2, x_s*)
     R,  # (n_rows, n_cols) rows of the residual, or None
@@ -206,13 +214,17 @@ def _norm_fwd_looped_kernel(
     BLOCK_N: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Forward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
     One program normalises ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows.
     Pass 1 reads each chunk of x (and residual), storing h when fused, and merges the
-    chunks' (mean, m2) (Chan); pass 2 re-reads x (or h) and writes y. The mean is taken on
-    ``h - h[:, 0]`` (one extra element per row read), so a constant row centres to zero.
+    chunks' (mean, m2) (Chan), its loads pipelined ``NUM_STAGES`` deep; pass 2 re-reads x (or
+    h) and writes y. The mean is taken on ``h - h[:, 0]`` (one extra element per row read), so
+    a constant row centres to zero. Pass 2's loads are plain: its x (or h), weight and bias
+    are L2 hits (the grid keeps the rows being re-read within L2), and pipelining them would
+    take three buffers per stage.
     """
     pid = program_id(INT64_ROWS)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
@@ -232,7 +244,7 @@ def _norm_fwd_looped_kernel(
         count = 0.0
         mean_shifted = tl.zeros([ROWS_PER_TILE], tl.float32)
         m2 = tl.zeros([ROWS_PER_TILE], tl.float32)
-        for start in range(0, n_cols, BLOCK_N):
+        for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
             c = start + cols
             mask = row_mask[:, None] & (c < n_cols)[None, :]
             x_offs = x_row[:, None] + c[None, :]
@@ -314,7 +326,9 @@ def norm_fwd(
         weight, bias: ``norm`` shape (contiguous) or None.
         y_dtype: dtype of y (None: x's).
         x_hat_dtype: x_hat is rounded to this dtype before the affine (None: not rounded).
-        config: launch config override (tests, reports); default from the heuristics.
+        config: launch config override (tests, reports); default from the heuristics, its
+            grid one wave of the programs per SM the compiled kernel fits (CUDA; elsewhere
+            the heuristics' estimate).
 
     Returns:
         ``(y, h, mean, rstd)``: y ``x.shape`` in y_dtype, contiguous; h likewise in h_dtype
@@ -338,13 +352,15 @@ def norm_fwd(
     r_layout = None
     if residual is not None:
         residual, r_layout = row_layout(residual, n_norm_dims)
-    cfg = config or forward_config(
-        n_rows, n_cols, x.element_size(), target or device_target(x.device)
+    sizes = dict(
+        residual_elem_size=0 if residual is None else residual.element_size(),
+        h_elem_size=0 if h is None else h.element_size(),
     )
-    with launch_guard(x.device):
-        launch(
-            NORM_FWD_SINGLE_BLOCK if cfg.single_block else NORM_FWD_LOOPED,
-            (cfg.grid,),
+    target = target or device_target(x.device)
+    cfg = config or forward_config(n_rows, n_cols, x.element_size(), target, **sizes)
+
+    def launch_args(cfg: NormConfig) -> tuple[Kernel, list, dict]:
+        args = [
             x,
             residual,
             h,
@@ -362,6 +378,8 @@ def norm_fwd(
             eps,
             weight_offset,
             cfg.tiles_per_program,
+        ]
+        kwargs = dict(
             IS_RMS=is_rms,
             HAS_RESIDUAL=residual is not None,
             HAS_WEIGHT=weight is not None,
@@ -371,6 +389,21 @@ def norm_fwd(
             BLOCK_N=cfg.block_n,
             ALIGN=vector_align(n_cols, x_layout, r_layout),
             INT64_ROWS=cfg.int64_rows,
+            NUM_STAGES=cfg.num_stages,
             num_warps=cfg.num_warps,
         )
+        return NORM_FWD_SINGLE_BLOCK if cfg.single_block else NORM_FWD_LOOPED, args, kwargs
+
+    kernel, args, kwargs = launch_args(cfg)
+    with launch_guard(x.device):
+        if config is None:
+            # one wave of the programs the compiled kernel fits per SM (CUDA only); the tile
+            # shape and stages stay (they depend on N, not on the grid)
+            per_sm = occupancy.programs_per_sm(kernel.fn, args, kwargs, x.device)
+            if per_sm is not None:
+                cfg = forward_config(
+                    n_rows, n_cols, x.element_size(), target, **sizes, programs_per_sm=per_sm
+                )
+                kernel, args, kwargs = launch_args(cfg)
+        launch(kernel, (cfg.grid,), *args, **kwargs)
     return y, h, mean, rstd

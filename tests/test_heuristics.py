@@ -16,7 +16,7 @@ CONFIGS = (h.forward_config, h.backward_config)
 
 
 def _blocking(cfg: h.NormConfig) -> tuple:
-    return cfg.block_n, cfg.rows_per_tile, cfg.single_block, cfg.num_warps
+    return cfg.block_n, cfg.rows_per_tile, cfg.single_block, cfg.num_warps, cfg.num_stages
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -108,7 +108,8 @@ PINNED = {
     ("fwd", 16384, 2, "sm_90"): (16384, 1, True, 16, 512),
     ("fwd", 8192, 4, "sm_90"): (8192, 1, True, 32, 261),
     ("bwd", 8192, 4, "sm_90"): (8192, 1, True, 32, 132),
-    ("fwd", 65536, 2, "sm_90"): (4096, 1, False, 16, 512),
+    # issue 10: the looped forward's grid keeps the rows it re-reads within half of L2
+    ("fwd", 65536, 2, "sm_90"): (4096, 1, False, 16, 132),
     ("bwd", 65536, 4, "sm_90"): (4096, 1, False, 16, 132),
     ("fwd", 1024, 2, "sm_80"): (1024, 4, True, 8, 820),
     ("bwd", 1, 2, "sm_80"): (1, 64, True, 1, 86),
@@ -164,3 +165,111 @@ def test_targets():
     assert needed == [11, 17, 37]
     with pytest.raises(ValueError, match="arch"):
         h.Target(arch="ampere")
+
+
+# Little's law per SM (DRAM bandwidth per SM x loaded latency) and the issue's targets: bytes
+# in flight per SM >= 1.5x on A100 and H100, >= 1.0x on B200; rows up to the widths each must
+# read once (131072 columns on A100/H100, 262144 on B200).
+B200 = h.B200
+LITTLE = {  # target: (bytes needed in flight per SM, factor, widest row)
+    h.A100: (2.0e12 / 108 * 600e-9, 1.5, 131072),
+    h.H100: (3.35e12 / 132 * 700e-9, 1.5, 131072),
+    B200: (8.0e12 / 148 * 700e-9, 1.0, 262144),
+}
+# (target, N) for every power of two from 1024 to the widest row of the target
+FWD_CASES = [
+    pytest.param(target, 1 << k, id=f"{name}-{1 << k}")
+    for target, name in zip(LITTLE, ("A100", "H100", "B200"), strict=True)
+    for k in range(10, 19)
+    if 1 << k <= LITTLE[target][2]
+]
+
+
+def _fwd_tile_bytes(cfg: h.NormConfig, loaded_bytes_per_element: int) -> int:
+    return cfg.rows_per_tile * cfg.block_n * loaded_bytes_per_element
+
+
+@pytest.mark.parametrize("target, n", FWD_CASES)
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("fused", (False, True))
+def test_forward_keeps_littles_law_in_flight_with_one_program_per_sm(target, n, elem_size, fused):
+    """Bytes of x (and residual) in flight per SM, counting S - 1 pipelined tiles per program
+    (1 unpipelined) and the worst occupancy the registers could leave: one program per SM (or
+    the grid's programs when the L2 window leaves fewer than SMs). M: 16 rows per SM."""
+    needed, factor, _ = LITTLE[target]
+    m = 16 * target.sm_count
+    loaded = elem_size * (2 if fused else 1)
+    cfg = h.forward_config(
+        m,
+        n,
+        elem_size,
+        target,
+        residual_elem_size=elem_size if fused else 0,
+        h_elem_size=elem_size if fused else 0,
+        programs_per_sm=1,
+    )
+    tile = _fwd_tile_bytes(cfg, loaded)
+    assert cfg.num_stages != 2  # Triton 3.9 overlaps nothing at two stages
+    per_program = tile * max(1, cfg.num_stages - 1)
+    assert per_program * min(1, cfg.grid / target.sm_count) >= factor * needed
+    assert per_program <= h.FWD_MAX_PIPELINE_BYTES
+
+
+@pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("h_elem_size", (0, 2, 4))
+@pytest.mark.parametrize("n", (32768, 65536, 131072, 262144, 1 << 20))
+@pytest.mark.parametrize("m", (1, 1000, 16384, 1 << 20))
+def test_looped_forward_rereads_rows_within_the_l2_window(target, elem_size, h_elem_size, n, m):
+    """Every resident program re-reads its own row: the grid keeps (programs) x (row bytes)
+    within FWD_L2_WINDOW_FRACTION of L2, and uses all of it in whole programs per SM where one
+    row per SM fits, for any M and any occupancy."""
+    for per_sm in (None, 1, 4):
+        cfg = h.forward_config(
+            m, n, elem_size, target, h_elem_size=h_elem_size, programs_per_sm=per_sm
+        )
+        if cfg.single_block:
+            continue
+        row_bytes = n * max(elem_size, h_elem_size)
+        budget = h.FWD_L2_WINDOW_FRACTION * target.l2_bytes
+        assert cfg.grid == 1 or cfg.grid * row_bytes <= budget
+        if budget // row_bytes >= target.sm_count:
+            # as many programs as the window holds, rounded down to whole programs per SM
+            whole = budget // row_bytes // target.sm_count * target.sm_count
+            cap = min(whole, target.sm_count * (per_sm or target.max_threads_per_sm // 512))
+            assert cfg.tiles_per_program == -(-m // min(m, cap))
+
+
+@pytest.mark.parametrize("n", WIDTHS)
+def test_forward_pipeline_depth(n):
+    """Stages are 1 or 3..FWD_MAX_STAGES, the buffers fit FWD_MAX_PIPELINE_BYTES, and a tile
+    smaller than FWD_BYTES_IN_FLIGHT is pipelined up to it (or to the stage cap)."""
+    for elem_size in ELEM_SIZES:
+        cfg = h.forward_config(16384, n, elem_size)
+        tile = cfg.rows_per_tile * cfg.block_n * elem_size
+        buffers = cfg.num_stages - 1
+        assert cfg.num_stages == 1 or 3 <= cfg.num_stages <= h.FWD_MAX_STAGES
+        assert buffers * tile <= h.FWD_MAX_PIPELINE_BYTES
+        if cfg.num_stages == 1:
+            assert tile >= h.FWD_BYTES_IN_FLIGHT
+        else:
+            assert buffers * tile >= h.FWD_BYTES_IN_FLIGHT or cfg.num_stages == h.FWD_MAX_STAGES
+
+
+@pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
+@pytest.mark.parametrize("n", WIDTHS)
+def test_pipeline_buffers_fit_each_target(target, n):
+    """Plain loads on AMD (the in-flight model cannot count its pipeliner); elsewhere the stage
+    buffers of the forward (a program of several per SM) and of the backward (one per SM) fit
+    the target's shared memory."""
+    for elem_size in ELEM_SIZES:
+        fwd = h.forward_config(16384, n, elem_size, target)
+        bwd = h.backward_config(16384, n, elem_size, target)
+        if target.backend == "hip":
+            assert fwd.num_stages == bwd.num_stages == 1
+            continue
+        tile = fwd.rows_per_tile * fwd.block_n * elem_size
+        assert (fwd.num_stages - 1) * tile <= target.shared_memory_per_sm - 32 * 1024
+        bwd_stage = bwd.rows_per_tile * bwd.block_n * elem_size * 2
+        assert bwd.num_stages * bwd_stage <= target.shared_memory_per_sm
+        assert bwd.num_stages == 1 or bwd.num_stages >= 3

@@ -1,151 +1,138 @@
-"""The occupancy and in-flight model (bench/proof/occupancy.py) on hand-computed numbers, the AMD
-LLVM IR reader (bench/proof/llir.py) on a hand-written kernel, and the compile report's
-in-flight tables on reports made by hand (no compile)."""
+"""Resident programs per SM: the pure count against hand-computed cases, and the glue that
+takes a compiled kernel's numbers (a fake compiled kernel here: no GPU needed)."""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from bench.proof import compile_report, llir, occupancy
-from layernorm_gpu.kernels.heuristics import A100, B200, H100, MI300X, RTX5090
+import pytest
+import torch
+
+from layernorm_gpu.kernels import heuristics, occupancy, registry
+from layernorm_gpu.kernels.heuristics import A100, H100, MI300X, RTX5090, Target
+from layernorm_gpu.kernels.occupancy import resident_programs
 
 
 @pytest.mark.parametrize(
-    "target, regs, num_warps, shared, expected",
+    "target, regs, warps, shared, expected",
     [
-        # 79 registers x 32 lanes = 2528 -> 2560 per warp (units of 256); x 8 warps = 20480;
-        # 65536 // 20480 = 3 (threads would allow 2048 // 256 = 8).
-        (H100, 79, 8, 1024, 3),
-        # 127 -> 4096 per warp, x 8 = 32768: 2 programs.
+        # 16384 x 4096 bf16 forward before pipelining: a warp takes 79 x 32 -> 2560 registers,
+        # a 16384-register partition holds 6 warps, the SM 24: 3 programs of 8 warps
+        (H100, 79, 8, 32, 3),
+        # 127 -> 4096 per warp, 4 per partition, 16 per SM: 2 programs of 8 warps, 1 of 16
         (H100, 127, 8, 1024, 2),
-        # 32 registers, 16 warps: 16384 per program, 4 by registers, 4 by threads (2048 / 512).
-        (A100, 32, 16, 0, 4),
-        # sm_120 holds 1536 threads: 3 programs of 512 threads even with few registers.
+        (H100, 127, 16, 64, 1),
+        # the looped forward: 32 registers x 16 warps; threads bind first (2048 / 512 = 4)
+        (H100, 32, 16, 64, 4),
+        # ... and with a 40 KiB pipeline on an A100: (41024 + 1024) -> 42112 B per program,
+        # 164 KiB / 42112 = 3
+        (A100, 32, 16, 41024, 3),
+        # registers are per partition: 80 x 1 warp -> 6 warps per partition = 24 programs,
+        # not 65536 // 2560 = 25
+        (H100, 80, 1, 0, 24),
+        # the resident-program cap: 16 registers x 1 warp would fit 128
+        (H100, 16, 1, 0, 32),
+        (Target(max_blocks_per_sm=16), 16, 1, 0, 16),
+        # sm_120 holds 1536 threads: 3 programs of 512 threads even with few registers
         (RTX5090, 32, 16, 1024, 3),
-        # Shared memory: 100 KiB per program (+1 KiB reserved) leaves room for 2 on an H100.
+        # shared memory: 100 KiB per program (+1 KiB reserved) leaves room for 2 on an H100
         (H100, 32, 4, 100 * 1024, 2),
+        # a program asking for more shared memory than an SM has fits nowhere
+        (H100, 32, 4, 300 * 1024, 0),
         # MI300X: 106 VGPRs -> 112 (granules of 8); 512 // 112 = 4 waves per SIMD; a program of
-        # 4 waves takes one per SIMD: 4 programs.
+        # 4 waves takes one per SIMD: 4 programs
         (MI300X, 106, 4, 0, 4),
-        # 70 -> 72: 7 waves per SIMD; 8 waves take 2 per SIMD: 3 programs.
+        # 70 -> 72: 7 waves per SIMD; 8 waves take 2 per SIMD: 3 programs
         (MI300X, 70, 8, 0, 3),
-        # 32 VGPRs: 16 waves by registers, capped at 8 per SIMD; 16 KiB of LDS: 64 KiB / 16 = 4.
+        # 32 VGPRs: 16 waves by registers, capped at 8 per SIMD; 16 KiB of LDS: 64 KiB / 16 = 4
         (MI300X, 32, 4, 16 * 1024, 4),
     ],
 )
-def test_resident_programs(target, regs, num_warps, shared, expected):
-    assert occupancy.resident_programs(target, regs, num_warps, shared) == expected
+def test_resident_programs(target, regs, warps, shared, expected):
+    assert resident_programs(target, regs, warps, shared) == expected
 
 
-def test_little_s_law_ratios_reproduce_issue_10():
-    """Issue 10's figures from its inputs: bytes needed per SM (3.35e12 / 132 x 700 ns on
-    H100, 8e12 / 148 x 700 ns on B200) and what the kernels keep in flight."""
-    assert H100.bytes_in_flight_needed == pytest.approx(17765.15, abs=0.01)
-    assert B200.bytes_in_flight_needed == pytest.approx(37837.84, abs=0.01)
-    # 16384 x 4096 LN backward: one program per SM (grid 132), x and dy tiles 2 x 8 KiB.
-    bwd = occupancy.in_flight(H100, resident=2, grid=132, tile_load_bytes=16384)
-    assert bwd.programs_per_sm == 1.0 and bwd.bytes_per_sm == 16384
-    assert round(bwd.ratio, 2) == 0.92
-    # LN forward: 3 resident of 1024 programs (7.8 per SM), 8 KiB of x each.
-    fwd = occupancy.in_flight(H100, resident=3, grid=1024, tile_load_bytes=8192)
-    assert fwd.bytes_per_sm == 3 * 8192 and round(fwd.ratio, 2) == 1.38
-    # 1024 x 65536 forward on B200: 512 programs on 148 SMs (3.46 each), 8 KiB each.
-    wide = occupancy.in_flight(B200, resident=4, grid=512, tile_load_bytes=8192)
-    assert wide.programs_per_sm == pytest.approx(512 / 148)
-    assert round(wide.ratio, 2) == 0.75
-    # A pipeline of depth 2 doubles each program's bytes in flight.
-    deep = occupancy.in_flight(H100, resident=2, grid=132, tile_load_bytes=16384, depth=2)
-    assert deep.ratio == pytest.approx(2 * bwd.ratio)
+class FakeFn:
+    """A jit function whose ``warmup`` returns a compiled kernel of fixed numbers."""
+
+    def __init__(self, n_regs: int, num_warps: int, shared: int):
+        self.compiled = SimpleNamespace(
+            n_regs=n_regs,
+            metadata=SimpleNamespace(num_warps=num_warps, shared=shared),
+            _init_handles=lambda: self.loads.append(1),
+        )
+        self.warmups: list[tuple[tuple, dict]] = []
+        self.loads: list[int] = []
+
+    def warmup(self, *args, grid, **kwargs):
+        assert grid == (1,)
+        self.warmups.append((args, kwargs))
+        return self.compiled
 
 
-def test_pipeline_depth_is_counted_from_the_wait_groups():
-    pipelined = """
-        cp.async.cg.shared.global [ %r4 + 0 ], [ %rd5 + 0 ], 0x10, %r9;
-        cp.async.commit_group;
-        cp.async.wait_group 	1;
-        cp.async.commit_group;
-        cp.async.wait_group 	0;
-    """
-    assert occupancy.pipeline_depth(pipelined) == 2
-    assert occupancy.pipeline_depth("ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];") == 1
+CUDA0 = torch.device("cuda", 0)
 
 
-def test_tile_load_bytes():
-    tile = 4096
-    assert occupancy.tile_load_bytes({"x": 2, "dy": 2}, tile, looped=False) == 16384
-    assert occupancy.tile_load_bytes({"x": 2, "dy": 2, "dh": 2}, tile, looped=False) == 24576
-    # Looped: the lesser pass. Fused forward: x + residual, then h alone.
-    fused_fwd = {"x": 2, "residual": 2, "h": 2}
-    assert occupancy.tile_load_bytes(fused_fwd, tile, looped=True) == 8192
-    # Backward with dh: x + dy, then x + dy + dh.
-    assert occupancy.tile_load_bytes({"x": 4, "dy": 4, "dh": 4}, tile, looped=True) == 32768
+def _h100(device: torch.device) -> Target:
+    return H100
 
 
-# A kernel as Triton's AMD backend writes it: X (%0) read through a buffer resource with a
-# 32-bit row offset ``row * stride`` (%2); Y (%1) written through a global pointer whose row
-# offset is a 64-bit multiply; W (%3) read narrowly.
-AMD_KERNEL = """
-define amdgpu_kernel void @k(ptr addrspace(1) inreg nofree readonly captures(none) %0, \
-ptr addrspace(1) inreg %1, i32 inreg %2, ptr addrspace(1) inreg %3) local_unnamed_addr #0 {
-  %5 = tail call i32 @llvm.amdgcn.workgroup.id.x()
-  %6 = mul i32 %5, %2
-  %7 = tail call ptr addrspace(8) @llvm.amdgcn.make.buffer.rsrc.p8.p1(ptr addrspace(1) %0, \
-i16 0, i64 2147483646, i32 159744)
-  %8 = tail call <4 x i32> @llvm.amdgcn.raw.ptr.buffer.load.v4i32(ptr addrspace(8) %7, \
-i32 %6, i32 0, i32 0)
-  %9 = sext i32 %5 to i64
-  %10 = sext i32 %2 to i64
-  %11 = mul nsw i64 %9, %10
-  %12 = getelementptr bfloat, ptr addrspace(1) %1, i64 %11
-  store <4 x i32> %8, ptr addrspace(1) %12, align 16
-  %13 = load bfloat, ptr addrspace(1) %3, align 2
-  ret void
-}
-"""
+def test_programs_per_sm_from_the_compiled_kernel_cached_per_specialisation():
+    fn = FakeFn(n_regs=79, num_warps=8, shared=16416)
+    x = torch.empty(4, 8, dtype=torch.bfloat16)
+    args, kwargs = (x, None, 8, 1, 1e-5), dict(BLOCK_N=8, num_warps=8)
+    # 79 registers x 8 warps: 3 (shared: 17536 B per program, 13 would fit)
+    assert occupancy.programs_per_sm(fn, args, kwargs, CUDA0, _h100) == 3
+    assert len(fn.warmups) == 1 and fn.loads == [1]
+    # same specialisation (values differ, facts equal): no new compile
+    assert occupancy.programs_per_sm(fn, (x, None, 16, 1, 1e-6), kwargs, CUDA0, _h100) == 3
+    assert len(fn.warmups) == 1
+    # a constexpr, a dtype, an integer equal to one, another device: each compiles once
+    occupancy.programs_per_sm(fn, args, dict(kwargs, BLOCK_N=16), CUDA0, _h100)
+    occupancy.programs_per_sm(fn, (x.float(), *args[1:]), kwargs, CUDA0, _h100)
+    occupancy.programs_per_sm(fn, (x, None, 8, 2, 1e-5), kwargs, CUDA0, _h100)
+    occupancy.programs_per_sm(fn, args, kwargs, torch.device("cuda", 1), _h100)
+    assert len(fn.warmups) == 5
+    assert fn.warmups[0] == (args, kwargs)
 
 
-def test_llir_accesses_name_their_tensor_width_and_offset_math():
-    accesses = llir.global_accesses(AMD_KERNEL, pointer_params={0, 1, 3}, stride_params={2})
-    summary = [(a.is_store, a.bits, a.pointer, a.narrow_muls, a.wide_muls) for a in accesses]
-    assert summary == [(False, 128, 0, 1, 0), (True, 128, 1, 0, 1), (False, 16, 3, 0, 0)]
-    isa = "\tbuffer_load_dwordx4 v[0:3], v14, s[0:3], 0 offen\n\tglobal_store_dwordx4 v[0:1]\n"
-    assert llir.isa_vector_accesses(isa) == {False: 1, True: 1}
+def test_programs_per_sm_is_at_least_one():
+    fn = FakeFn(n_regs=255, num_warps=32, shared=0)
+    assert resident_programs(H100, 255, 32, 0) == 0
+    assert occupancy.programs_per_sm(fn, (), dict(num_warps=32), CUDA0, _h100) == 1
 
 
-def _report(
-    op: str, variant: compile_report.Variant, target, **model
-) -> compile_report.KernelReport:
-    kernel = f"norm_{op}_{'looped' if variant.n_cols > 8192 else 'single_block'}"
-    return compile_report.KernelReport(
-        variant.label(), kernel, target.arch, 8, "", depth_counted=target.backend == "cuda", **model
-    )
+def test_no_compiled_kernel_without_cuda(monkeypatch):
+    fn = FakeFn(n_regs=32, num_warps=4, shared=0)
+    for device in (torch.device("cpu"), torch.device("meta")):
+        assert occupancy.programs_per_sm(fn, (), {}, device, _h100) is None
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert occupancy.programs_per_sm(fn, (), {}, CUDA0, _h100) is None
+    assert fn.warmups == []
 
 
-def test_in_flight_table_opens_with_issue_10_and_checks_each_launch():
-    reports = []
-    for _, case in compile_report.IN_FLIGHT_CASES:
-        for variant in case:
-            for target in (H100, B200):
-                grid = target.sm_count
-                reports.append(
-                    _report(
-                        variant.op, variant, target, resident=2, grid=grid, tile_load_bytes=16384
-                    )
-                )
-    table = compile_report.in_flight_table(reports, (H100, B200))
-    assert [row[0] for row in table.rows][:2] == [
-        "16384 x 4096 LayerNorm backward",
-        "16384 x 4096 LayerNorm forward",
-    ]
-    # One program per SM with 16 KiB in flight: 0.92 of H100's need, 0.43 of B200's.
-    assert table.rows[0][1:] == ["0.92", "0.43"]
-    checks, checked, missed = compile_report.in_flight_checks(reports)
-    # Checked: launches with >= 8 rows per SM; 1024 rows are fewer than 8 x 132 (reported).
-    assert checked == missed == 8
-    assert [row[-1] for row in checks.rows].count("reported") == len(reports) - 8
-    assert {row[-1] for row in checks.rows} == {"MISS", "reported"}
-    # AMD is reported, never checked; the depth it cannot count is marked.
-    mi300x = _report("fwd", compile_report.Variant("fwd", "bfloat16", 4096), MI300X, resident=7)
-    mi300x.grid, mi300x.tile_load_bytes = 2341, 8192
-    checks, checked, _ = compile_report.in_flight_checks([mi300x])
-    assert checked == 0 and checks.rows[0][-1] == "reported" and "*" in checks.rows[0][4]
+@pytest.mark.parametrize("n_rows, n_cols", [(1000, 4096), (1000, 32768)])
+def test_forward_launcher_grids_one_wave_of_the_compiled_kernel(monkeypatch, n_rows, n_cols):
+    """The launcher asks the glue for the kernel it is about to launch and sizes the grid to
+    that many programs per SM; the tile shape and stages stay."""
+    from layernorm_gpu import kernels
+
+    asked = []
+
+    def programs_per_sm(fn, args, kwargs, device):
+        asked.append((fn, kwargs))
+        return 2
+
+    monkeypatch.setattr(occupancy, "programs_per_sm", programs_per_sm)
+    x = torch.empty(n_rows, n_cols, dtype=torch.bfloat16, device="meta")
+    launches = []
+    with registry.intercepted(lambda launch, run: launches.append(launch)):
+        kernels.norm_fwd(x, None, None, None, n_norm_dims=1, eps=1e-5, is_rms=True)
+    (launch,) = launches
+    static = heuristics.forward_config(n_rows, n_cols, 2)
+    expected = heuristics.forward_config(n_rows, n_cols, 2, programs_per_sm=2)
+    assert asked == [(launch.kernel.fn, {**launch.kwargs})]
+    assert launch.grid == (expected.grid,)
+    assert launch.named_args()["tiles_per_program"] == expected.tiles_per_program
+    assert launch.kwargs["NUM_STAGES"] == static.num_stages
+    assert expected.grid <= heuristics.H100.sm_count * 2

@@ -392,12 +392,16 @@ def compile_launch(
                 kernel.fn, launch.args, kwargs, target
             )
             report.key = src.hash()
-            asm = triton_private.compile_for(src, target, options)
+            compiled = triton_private.compile_kernel(src, target, options)
+            asm = compiled.asm
         if target.backend == "hip":
             report.__dict__.update(_amd_resource_usage(asm["amdgcn"]))
             report.depth_counted = False
         else:
             report.__dict__.update(_resource_usage(asm["cubin"]))
+            # the launch's shared memory: the cubin's static part or Triton's dynamic allocation
+            # (pipeline buffers, reduction scratch), whichever is larger
+            report.shared = max(report.shared, compiled.metadata.shared)
             report.pipeline_depth = occupancy.pipeline_depth(asm["ptx"])
         report.resident = occupancy.resident_programs(
             target, report.regs, report.num_warps, report.shared

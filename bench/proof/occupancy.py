@@ -3,21 +3,17 @@
 The model (pure arithmetic; its inputs come from the compiled kernel and the launch):
 
 * **Resident programs per SM** (per CU on AMD), from the compiled kernel's registers per
-  thread, warps and shared memory and the target's limits. NVIDIA: registers are allocated per
-  warp in units of 256, ``min(blocks limit, warps limit / W, registers / (regs per warp x W),
-  shared / (shared per block + 1 KiB reserved))``. AMD (CDNA): a CU has 4 SIMDs of
-  ``registers_per_sm / 4 / 64`` VGPRs per lane (512), allocated in granules of 8; a SIMD holds
-  ``min(max waves, 512 // VGPRs)`` waves and a workgroup of W waves needs ``ceil(W / 4)`` of
-  them on each SIMD; LDS limits workgroups as shared memory does.
+  thread, warps and shared memory and the target's limits: the launchers' own rule,
+  :func:`layernorm_gpu.kernels.occupancy.resident_programs` (NVIDIA and CDNA).
 * **Programs per SM** actually running: the resident ones, capped by the grid spread over the
   SMs, ``min(resident, grid / sm_count)`` (a persistent grid of one program per SM has 1 per
   SM, whatever the registers allow; a grid of 128 on 132 SMs leaves 4 idle).
 * **Bytes each program has in flight**: the bytes of the streamed tiles one iteration of the
   row loop loads (``rows_per_tile x block_n x element size`` for each of x, residual, dy, dh;
   for looped kernels the lesser of their two passes), times the **pipeline depth**: the
-  iterations whose loads are in flight at once, counted from the PTX (``cp.async.wait_group N``
-  leaves N groups in flight and the next commit adds one: depth N + 1; 1 without asynchronous
-  copies, since a plain load's data is consumed in the iteration that issues it).
+  iterations whose loads are in flight at once, counted from the PTX's ``cp.async`` commit and
+  wait groups (:func:`pipeline_depth`; 1 without asynchronous copies, since a plain load's data
+  is consumed in the iteration that issues it).
 * **In flight per SM** = programs per SM x bytes per program; **needed** = Little's law, DRAM
   bandwidth per SM x loaded latency (``Target.bytes_in_flight_needed``); the **ratio** of the
   two says whether the kernel can keep DRAM busy (>= 1) with margin for latency under load
@@ -32,46 +28,32 @@ wait groups; none of the kernels uses them yet) and AMD's pipelining (the ISA ha
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from layernorm_gpu.kernels.heuristics import Target
+from layernorm_gpu.kernels.occupancy import resident_programs
 
-NVIDIA_REG_ALLOC_UNIT = 256  # registers are allocated per warp in multiples of 256
-SHARED_RESERVED_PER_BLOCK = 1024  # bytes the CUDA driver reserves per block (sm_80 and later)
-SIMDS_PER_CU = 4
-VGPR_GRANULE = 8
+__all__ = ["RATIO_TARGETS", "InFlight", "in_flight", "pipeline_depth", "resident_programs"]
 # Little's law ratio each target's kernels must reach (issue 10); other targets are reported.
 RATIO_TARGETS = {"sm_80": 1.5, "sm_90": 1.5, "sm_100": 1.0}
 
 
-def resident_programs(target: Target, regs: int, num_warps: int, shared: int) -> int:
-    """Programs (blocks, workgroups) of ``num_warps`` warps one SM/CU holds at once, given the
-    compiled kernel's ``regs`` per thread (VGPRs on AMD) and ``shared`` bytes per program."""
-    threads = num_warps * target.warp_size
-    limits = [target.max_threads_per_sm // threads, target.max_blocks_per_sm]
-    if target.backend == "hip":
-        vgprs_per_lane = target.registers_per_sm // SIMDS_PER_CU // target.warp_size
-        waves_per_simd = target.max_threads_per_sm // target.warp_size // SIMDS_PER_CU
-        granted = math.ceil(max(regs, 1) / VGPR_GRANULE) * VGPR_GRANULE
-        waves = min(waves_per_simd, vgprs_per_lane // granted)
-        limits.append(waves // math.ceil(num_warps / SIMDS_PER_CU))
-        if shared:
-            limits.append(target.shared_memory_per_sm // shared)
-    else:
-        per_warp = math.ceil(regs * target.warp_size / NVIDIA_REG_ALLOC_UNIT)
-        per_warp *= NVIDIA_REG_ALLOC_UNIT
-        limits.append(target.registers_per_sm // max(per_warp * num_warps, 1))
-        limits.append(target.shared_memory_per_sm // (shared + SHARED_RESERVED_PER_BLOCK))
-    return max(0, min(limits))
-
-
 def pipeline_depth(ptx: str) -> int:
-    """Loop iterations whose loads are in flight together: ``N + 1`` for the largest
-    ``cp.async.wait_group N`` (asynchronous copies), else 1."""
-    waits = [int(n) for n in re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)]
-    return max(waits) + 1 if waits else 1
+    """Loop iterations whose loads are in flight together, from the PTX of a software-pipelined
+    loop (1 without asynchronous copies).
+
+    Triton's prologue issues the first ``S - 1`` iterations' copies, ``g`` commit groups each
+    (one per tensor or group of tensors), then waits with ``cp.async.wait_group (S - 2) x g``:
+    so ``g`` is the prologue's commits less the first wait's count and the depth, ``S - 1``,
+    is the prologue's commits over ``g``.
+    """
+    first_wait = re.search(r"cp\.async\.wait_group\s+(\d+)", ptx)
+    if first_wait is None:
+        return 1
+    commits = ptx.count("cp.async.commit_group", 0, first_wait.start())
+    per_iteration = commits - int(first_wait.group(1))
+    return max(1, commits // per_iteration) if per_iteration > 0 else 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Read a kernel's PTX: which tensor each global load/store touches, its width, and whether the
 row offsets that reach it are computed in 64-bit arithmetic.
 
-Every ``ld.global`` / ``st.global`` is traced back through the definitions of its address
+Global loads are ``ld.global`` and the asynchronous copies to shared memory of a pipelined loop
+(``cp.async...shared.global``, as wide as their copy size). Every one, and every ``st.global``,
+is traced back through the definitions of its address
 register (a backward slice over PTX's virtual registers; a register defined more than once, as
 in loops, contributes every definition) to the ``ld.param`` of a pointer argument, which names
 the tensor. The same slice holds every multiplication that scaled an index into that address:
@@ -29,11 +31,13 @@ class Instruction:
     opcode: str
     dests: tuple[str, ...]
     sources: tuple[str, ...]  # registers, and "param:<index>" for ld.param
+    copy_bits: int = 0  # cp.async: bits copied (its copy-size operand)
 
 
 @dataclass
 class GlobalAccess:
-    """One static ``ld.global`` / ``st.global``: its pointer argument, width and offset math."""
+    """One static ``ld.global`` / ``cp.async`` / ``st.global``: its pointer argument, width
+    and offset math."""
 
     is_store: bool
     bits: int
@@ -72,18 +76,30 @@ def parse(ptx: str) -> list[Instruction]:
         operands = _split_operands(rest)
         if not operands:
             continue
-        if opcode.startswith("st.") or opcode.startswith("red.") or opcode.startswith("bar"):
+        copy_bits = 0
+        if opcode.startswith(("st.", "red.", "bar", "cp.async")):
             dests, source_text = (), rest
+            if opcode.startswith("cp.async") and len(operands) > 2:
+                copy_bits = int(operands[2], 0) * 8
         else:
             dests = tuple(_REGISTER.findall(operands[0]))
             source_text = ", ".join(operands[1:])
         sources = _REGISTER.findall(source_text)
         sources += [f"param:{m.group(2)}" for m in _PARAM.finditer(source_text)]
-        instructions.append(Instruction(opcode, dests, tuple(sources)))
+        instructions.append(Instruction(opcode, dests, tuple(sources), copy_bits))
     return instructions
 
 
-def _width(opcode: str) -> int:
+def _is_global_access(ins: Instruction) -> bool:
+    if ins.opcode.startswith("cp.async"):
+        return ins.opcode.endswith(".global")
+    return ins.opcode.startswith(("ld.global", "st.global"))
+
+
+def _width(ins: Instruction) -> int:
+    if ins.copy_bits:
+        return ins.copy_bits
+    opcode = ins.opcode
     vector = _VECTOR.search(opcode)
     bits = _TYPE_BITS.search(opcode)
     return (int(vector.group(1)) if vector else 1) * (int(bits.group(1)) if bits else 0)
@@ -92,7 +108,8 @@ def _width(opcode: str) -> int:
 def global_accesses(
     ptx: str, pointer_params: set[int], stride_params: set[int]
 ) -> list[GlobalAccess]:
-    """Every static global load/store, traced to its pointer parameter.
+    """Every static global load (``ld.global``, ``cp.async``) and store, traced to its pointer
+    parameter.
 
     Args:
         pointer_params: PTX parameter indices of the tensor arguments.
@@ -121,14 +138,17 @@ def global_accesses(
 
     accesses = []
     for ins in instructions:
-        if not (ins.opcode.startswith("ld.global") or ins.opcode.startswith("st.global")):
+        if not _is_global_access(ins):
             continue
         is_store = ins.opcode.startswith("st.")
-        address = ins.sources[:1] if is_store else ins.sources
+        if ins.opcode.startswith("cp.async"):
+            address = ins.sources[1:2]  # [shared], [global], size, ...
+        else:
+            address = ins.sources[:1] if is_store else ins.sources
         params, slice_ = params_of(list(address))
         pointers = params & pointer_params
         access = GlobalAccess(
-            is_store, _width(ins.opcode), next(iter(pointers)) if len(pointers) == 1 else None
+            is_store, _width(ins), next(iter(pointers)) if len(pointers) == 1 else None
         )
         for mul in slice_:
             if not mul.opcode.startswith(("mul", "mad")) or ".f" in mul.opcode:

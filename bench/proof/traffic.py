@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from layernorm_gpu.kernels.heuristics import (
+    A100,
+    B200,
     H100,
     NormConfig,
     Target,
@@ -490,6 +492,7 @@ ROW_LOADS = ("x", "residual", "dy", "dh")
 # 131072 on A100 / H100, 262144 on B200), each at M x N = 2**26 elements for the byte targets.
 WIDTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 WINDOW_ELEMENTS = 2**26
+WINDOW_TARGETS = (A100, H100, B200)
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,20 @@ def specialise(fn: Any, args: tuple, kwargs: dict, target: Target | int) -> tupl
     return ASTSource(fn, signature, constexprs, attrs), options.__dict__, signature
 
 
-def compile_for(src: Any, target: Target | int, options: dict) -> dict[str, Any]:
-    """Compile a specialisation for ``target``: its ``asm`` dict (``ttir``, ``llir``, and
-    ``ptx`` / ``cubin`` on CUDA, ``amdgcn`` / ``hsaco`` on AMD). ``triton.compile`` of an
-    ``ASTSource`` is public; the ``asm`` keys are not documented."""
+def compile_kernel(src: Any, target: Target | int, options: dict) -> Any:
+    """Compile a specialisation for ``target``: Triton's ``CompiledKernel``, whose ``asm`` dict
+    holds ``ttir``, ``llir``, and ``ptx`` / ``cubin`` on CUDA, ``amdgcn`` / ``hsaco`` on AMD,
+    and whose ``metadata.shared`` is the shared memory a launch allocates (dynamic: the cubin's
+    own figure is only the static part). ``triton.compile`` of an ``ASTSource`` is public; the
+    ``asm`` keys and ``metadata`` fields are not documented."""
     import triton
 
-    return triton.compile(src, target=gpu_target(target), options=options).asm
+    return triton.compile(src, target=gpu_target(target), options=options)
+
+
+def compile_for(src: Any, target: Target | int, options: dict) -> dict[str, Any]:
+    """The ``asm`` dict of :func:`compile_kernel`."""
+    return compile_kernel(src, target, options).asm
 
 
 def cuobjdump() -> Path:

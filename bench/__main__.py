@@ -215,13 +215,13 @@ def _reports(args: argparse.Namespace) -> int:
             )
             step.advance(f"{len(flight)} launches of issue 10's in-flight table")
             in_flight = compile_report.compile_all(
-                flight, archs=compile_report.IN_FLIGHT_TARGETS, jobs=args.jobs
+                flight, archs=compile_report.IN_FLIGHT_TARGETS, jobs=args.jobs, unique=False
             )
             step.advance()
         table, compiled = findings.compile_table(reports, aligned, alignment)
         show(table)
         outcomes += compiled
-        table, latency = findings.in_flight_table(in_flight + reports)
+        table, latency = findings.in_flight_table(in_flight, reports)
         show(table)
         outcomes.append(latency)
         if args.details:
@@ -232,7 +232,7 @@ def _reports(args: argparse.Namespace) -> int:
             detailed += [
                 compile_report.report_table(reports, title)[0],
                 compile_report.alignment_table(aligned)[0],
-                compile_report.in_flight_checks(in_flight + reports)[0],
+                compile_report.in_flight_checks(findings.distinct(in_flight + reports))[0],
             ]
     if "cpu" in selected:
         with steps.step(

@@ -99,11 +99,13 @@ MAX_INT32_ROWS = 2**30
 # DRAM bandwidth per SM x loaded latency in flight per SM: ~11 KiB on an A100, ~17 KiB on an
 # H100, ~37 KiB on a B200. One backward program per SM with 16 KiB tiles (x and dy, 4096
 # 16-bit columns) has 16 KiB in flight unpipelined (0.9x on an H100, 0.4x on a B200) and
-# 48 KiB at four stages (2.8x, 1.3x). Stages are capped by shared memory: the backward's S
+# 48 KiB at four stages (2.8x, 1.3x). Stages are capped by shared memory: the backward's S - 1
 # stage buffers may use BWD_SHARED_FRACTION of the SM's shared memory (its one program per SM
-# also needs shared memory for the row reductions).
+# also needs a few KiB for the row reductions; 0.9 of an A100's 164 KiB is within the 163 KiB
+# a block may have). At 0.75, a float32 4096-column backward got 3 stages on an A100 and
+# spilled 8 bytes (sm_80); at 0.9 it gets 4 (144 KiB) and does not.
 MAX_NUM_STAGES = 4
-BWD_SHARED_FRACTION = 0.75
+BWD_SHARED_FRACTION = 0.9
 # The looped backward reads a group of rows twice (statistics, then dx); the second read must
 # come from L2. A group's rows (x, dy, dh: what pass 2 re-reads) plus the program's dW/dB
 # partial row (added to once per group) should take at most L2_WINDOW_FRACTION of the L2 share
@@ -381,7 +383,7 @@ def backward_config(
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
     grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count)
     tile_bytes = rows * block_n * elem_size * loaded_tensors
-    stages = backward_stages(tile_bytes + (0 if single else 4 * block_n), target)
+    stages = backward_stages(tile_bytes + 4 * block_n, target)
     group = 1
     if not single:
         row_bytes = n_cols * elem_size * loaded_tensors
@@ -391,13 +393,16 @@ def backward_config(
 
 
 def backward_stages(stage_bytes: int, target: Target = H100) -> int:
-    """Pipeline depth of the backward: as many ``stage_bytes`` buffers (one tile's or chunk's
-    loads; the looped kernel's also hold a chunk of weight and bias) as BWD_SHARED_FRACTION of
-    the SM's shared memory holds, at most MAX_NUM_STAGES; 1 (plain loads) when three don't fit
-    (two stages overlap nothing: the next tile's copy is issued only once the current one is
-    consumed) and on AMD targets (see :func:`_pipeline_stages`)."""
-    fit = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
-    return min(MAX_NUM_STAGES, fit) if fit >= 3 and target.backend == "cuda" else 1
+    """Pipeline depth of the backward. A loop pipelined S deep holds S - 1 stage buffers of
+    ``stage_bytes`` (one tile's or chunk's x, dy and dh, and a chunk of weight and bias) in
+    shared memory; they may use BWD_SHARED_FRACTION of the SM's (its one program per SM also
+    needs a little for the row reductions). At most MAX_NUM_STAGES; 1 (plain loads) when two
+    buffers don't fit (two stages overlap nothing: the next tile's copy is issued only once the
+    current one is consumed) and on AMD targets (see :func:`_pipeline_stages`)."""
+    buffers = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
+    if buffers < 2 or target.backend != "cuda":
+        return 1
+    return min(MAX_NUM_STAGES, buffers + 1)
 
 
 def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:

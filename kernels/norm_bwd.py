@@ -240,7 +240,6 @@ def _norm_bwd_single_block_kernel(
     first_row = pid * tiles_per_program * ROWS_PER_TILE
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
-    w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
     dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     for i in tl.range(tiles_per_program, num_stages=NUM_STAGES):
@@ -248,6 +247,9 @@ def _norm_bwd_single_block_kernel(
             Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
             X_IS_Y, ROWS_PER_TILE, ALIGN,
         )  # fmt: skip
+        # weight and bias are loaded with each tile (L2 hits), not held across the loop: the
+        # widest float32 tiles have no registers to spare (64 per thread at 1024 threads)
+        w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
         mask, x_hat, g, dy = _x_hat_and_g(
             X, DY, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, w, b, IS_RMS,
             HAS_WEIGHT, HAS_BIAS, X_IS_Y,

@@ -270,6 +270,6 @@ def test_pipeline_buffers_fit_each_target(target, n):
             continue
         tile = fwd.rows_per_tile * fwd.block_n * elem_size
         assert (fwd.num_stages - 1) * tile <= target.shared_memory_per_sm - 32 * 1024
-        bwd_stage = bwd.rows_per_tile * bwd.block_n * elem_size * 2
-        assert bwd.num_stages * bwd_stage <= target.shared_memory_per_sm
+        bwd_stage = bwd.rows_per_tile * bwd.block_n * elem_size * 2 + 4 * bwd.block_n
+        assert (bwd.num_stages - 1) * bwd_stage <= target.shared_memory_per_sm - 16 * 1024
         assert bwd.num_stages == 1 or bwd.num_stages >= 3

@@ -32,14 +32,21 @@ def test_little_s_law_ratios_reproduce_issue_10():
 
 
 def test_pipeline_depth_is_counted_from_the_wait_groups():
-    """Three stages of two commit groups each (x, then dy): a prologue of 2 x 2 commits, then
-    ``wait_group 2``: two iterations in flight."""
+    """Loops of two commit groups per iteration (x, then dy): a prologue of (S - 1) x 2
+    commits, then a loop block that waits for (S - 2) x 2 and commits the next 2."""
     copy = "cp.async.cg.shared.global [ %r4 + 0 ], [ %rd5 + 0 ], 0x10, %r9;\n"
     stage = f"{copy}cp.async.commit_group;\n{copy}cp.async.commit_group;\n"
-    pipelined = stage * 2 + "cp.async.wait_group \t2;\n" + stage + "cp.async.wait_group \t0;\n"
-    assert occupancy.pipeline_depth(pipelined) == 2
-    four = stage * 3 + "cp.async.wait_group \t4;\n"
-    assert occupancy.pipeline_depth(four) == 3
+
+    def loop(stages: int, label: str) -> str:
+        prologue = stage * (stages - 1)
+        body = f"$L__BB0_{label}:\ncp.async.wait_group \t{2 * (stages - 2)};\n{stage}"
+        return prologue + body + f"$L__BB0_{label}9:\ncp.async.wait_group 0;\n"
+
+    assert occupancy.pipeline_depth(loop(3, "1")) == 2
+    assert occupancy.pipeline_depth(loop(4, "1")) == 3
+    # two loops in one kernel (the looped backward's passes): the less pipelined one counts,
+    # and the first loop's body commits do not add to the second's prologue
+    assert occupancy.pipeline_depth(loop(4, "1") + loop(3, "2")) == 2
     assert occupancy.pipeline_depth("ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];") == 1
 
 
@@ -47,10 +54,11 @@ def test_tile_load_bytes():
     tile = 4096
     assert occupancy.tile_load_bytes({"x": 2, "dy": 2}, tile, looped=False) == 16384
     assert occupancy.tile_load_bytes({"x": 2, "dy": 2, "dh": 2}, tile, looped=False) == 24576
-    # Looped: the lesser pass. Fused forward: x + residual, then h alone.
+    # Looped: the first pass, which streams from DRAM (the second re-reads from L2). Fused
+    # forward: x + residual (then h from L2).
     fused_fwd = {"x": 2, "residual": 2, "h": 2}
-    assert occupancy.tile_load_bytes(fused_fwd, tile, looped=True) == 8192
-    # Backward with dh: x + dy, then x + dy + dh.
+    assert occupancy.tile_load_bytes(fused_fwd, tile, looped=True) == 16384
+    # Backward with dh: x + dy (dh comes with the second pass: left out, a lower bound).
     assert occupancy.tile_load_bytes({"x": 4, "dy": 4, "dh": 4}, tile, looped=True) == 32768
 
 

@@ -10,10 +10,10 @@ The model (pure arithmetic; its inputs come from the compiled kernel and the lau
   SM, whatever the registers allow; a grid of 128 on 132 SMs leaves 4 idle).
 * **Bytes each program has in flight**: the bytes of the streamed tiles one iteration of the
   row loop loads (``rows_per_tile x block_n x element size`` for each of x, residual, dy, dh;
-  for looped kernels the lesser of their two passes), times the **pipeline depth**: the
-  iterations whose loads are in flight at once, counted from the PTX's ``cp.async`` commit and
-  wait groups (:func:`pipeline_depth`; 1 without asynchronous copies, since a plain load's data
-  is consumed in the iteration that issues it).
+  for looped kernels their first pass: the second re-reads from L2), times the **pipeline
+  depth**: the iterations whose loads are in flight at once, counted from the PTX's
+  ``cp.async`` commit and wait groups (:func:`pipeline_depth`; 1 without asynchronous copies,
+  since a plain load's data is consumed in the iteration that issues it).
 * **In flight per SM** = programs per SM x bytes per program; **needed** = Little's law, DRAM
   bandwidth per SM x loaded latency (``Target.bytes_in_flight_needed``); the **ratio** of the
   two says whether the kernel can keep DRAM busy (>= 1) with margin for latency under load
@@ -40,20 +40,32 @@ RATIO_TARGETS = {"sm_80": 1.5, "sm_90": 1.5, "sm_100": 1.0}
 
 
 def pipeline_depth(ptx: str) -> int:
-    """Loop iterations whose loads are in flight together, from the PTX of a software-pipelined
-    loop (1 without asynchronous copies).
+    """Loop iterations whose loads are in flight together, from the PTX of software-pipelined
+    loops (the least pipelined loop's; 1 without asynchronous copies).
 
-    Triton's prologue issues the first ``S - 1`` iterations' copies, ``g`` commit groups each
-    (one per tensor or group of tensors), then waits with ``cp.async.wait_group (S - 2) x g``:
-    so ``g`` is the prologue's commits less the first wait's count and the depth, ``S - 1``,
-    is the prologue's commits over ``g``.
+    A loop pipelined ``S`` deep commits ``g`` copy groups per iteration (one per tensor or group
+    of tensors): its prologue commits ``(S - 1) x g`` and each iteration waits with
+    ``cp.async.wait_group N``, ``N = (S - 2) x g``, then commits the ``g`` groups of the
+    iteration ``S - 1`` ahead. So ``g`` is the commits between a wait and the next one, or the
+    commits since the previous wait less ``N`` (each an upper bound: another loop's commits may
+    lie in between; the smaller is taken), and the depth is ``N / g + 1``. Waits for 0 drain a
+    loop's copies and say nothing of its depth.
     """
-    first_wait = re.search(r"cp\.async\.wait_group\s+(\d+)", ptx)
-    if first_wait is None:
-        return 1
-    commits = ptx.count("cp.async.commit_group", 0, first_wait.start())
-    per_iteration = commits - int(first_wait.group(1))
-    return max(1, commits // per_iteration) if per_iteration > 0 else 1
+    commits, waits = [0], []  # commits before the first wait, between waits, after the last
+    for line in ptx.splitlines():
+        wait = re.search(r"cp\.async\.wait_group\s+(\d+)", line)
+        if wait:
+            waits.append(int(wait.group(1)))
+            commits.append(0)
+        elif "cp.async.commit_group" in line:
+            commits[-1] += 1
+    depths = []
+    for i, pending in enumerate(waits):
+        before, after = commits[i] - pending, commits[i + 1]
+        groups = min(g for g in (before, after, pending + 1) if g > 0)
+        if pending:
+            depths.append(pending // groups + 1)
+    return min(depths) if depths else 1
 
 
 @dataclass(frozen=True)
@@ -84,12 +96,12 @@ def in_flight(
 
 
 def tile_load_bytes(loaded: dict[str, int], tile_elems: int, looped: bool) -> int:
-    """Bytes one loop iteration loads of the streamed tensors: ``loaded`` maps each tile role
-    the compiled kernel loads (x, residual, h, dy, dh) to its element size. Looped kernels make
-    two passes over a row, statistics (x, residual, dy) then outputs (h or x, dy, dh): the
-    lesser of the two."""
+    """Bytes one loop iteration loads from DRAM of the streamed tensors: ``loaded`` maps each
+    tile role the compiled kernel loads (x, residual, h, dy, dh) to its element size. Looped
+    kernels make two passes over a row: the first streams x, residual and dy from DRAM; the
+    second re-reads the row from L2 (the heuristics size the row groups for it, the traffic
+    report's L2-window model checks it), so Little's law for DRAM is taken on the first (the
+    backward's dh, read in the second pass only, is left out: a lower bound)."""
     if not looped:
         return tile_elems * sum(loaded.values())
-    first = [loaded[r] for r in ("x", "residual", "dy") if r in loaded]
-    second = [loaded[r] for r in ("h" if "h" in loaded else "x", "dy", "dh") if r in loaded]
-    return tile_elems * min(sum(first), sum(second))
+    return tile_elems * sum(loaded[r] for r in ("x", "residual", "dy") if r in loaded)

@@ -39,7 +39,7 @@ REPORT_NAMES = {
 }
 # Seconds each report takes on two idle cores with an empty Triton cache (for the header);
 # --full compiles about five times as many kernels.
-REPORT_SECONDS = {"traffic": 25, "compile": 30, "cpu": 25}
+REPORT_SECONDS = {"traffic": 25, "compile": 180, "cpu": 25}
 FULL_COMPILE_FACTOR = 5
 
 
@@ -120,7 +120,10 @@ GLOSSARY = (
         "16384 x 4096 bf16: too large for the interpreter, measured on a few programs with the "
         "real launch configuration and scaled up",
     ),
-    ("sm_80, sm_90", "A100, H100"),
+    (
+        "sm_80, sm_90, sm_100, sm_120, gfx942, gfx950",
+        "A100, H100, B200, RTX 5090, MI300X, MI355X",
+    ),
     ("regs", "registers per thread (at most 255)"),
     ("spill B", "bytes per thread spilled to slow local memory, stack/local: 0/0 is none"),
     ("warps/SM", "warps resident per SM (occupancy)"),
@@ -186,6 +189,7 @@ def _reports(args: argparse.Namespace) -> int:
         for table, outcome in (
             findings.read_write_table(traced),
             findings.big_problem_table(extrapolations),
+            findings.widths_table(),
         ):
             show(table)
             outcomes.append(outcome)
@@ -195,8 +199,7 @@ def _reports(args: argparse.Namespace) -> int:
                 step.advance()
                 big, _ = traffic.big_shape_table()
                 step.advance()
-            widths, _ = traffic.widths_table(traffic.WINDOW_TARGETS)
-            detailed += [*tables, big, widths, traffic.prediction_table()]
+            detailed += [*tables, big, traffic.prediction_table()]
     cache = triton_cache_dir()
     cache_before = folder_bytes(cache)
     if "compile" in selected:

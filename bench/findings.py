@@ -272,3 +272,20 @@ def in_flight_table(
         judge(missed == 0),
     )
     return table, outcome
+
+
+def widths_table() -> tuple[Table, Outcome]:
+    """One read at every width (issue 10, goal 2): bf16 LayerNorm at M x N = 2**26 on A100,
+    H100 and B200, from the byte model and its L2-window rule (the traffic report's
+    :func:`traffic.widths_table`; --details also replays traced programs through the L2)."""
+    table, ok = traffic.widths_table(traffic.WINDOW_TARGETS)
+    judged = [row for row in table.rows if row[-1] != "(reported)"]
+    once = [row for row in judged if row[5] == "1"]
+    under = [row for row in judged if row[-1] == "PASS"]
+    outcome = Outcome(
+        "One read at every width (bf16 LayerNorm, N = 1024 to 131072 / 262144 on B200)",
+        "x, dy read from DRAM once; bytes <= 1.01x (fwd), 1.04x (bwd) the minimum",
+        f"read once in {len(once)} of {len(judged)}; both in {len(under)} of {len(judged)}",
+        judge(ok),
+    )
+    return table, outcome

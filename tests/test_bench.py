@@ -10,6 +10,7 @@ that must fail it, so a check that cannot fail would show.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -116,6 +117,44 @@ def test_big_problem_meets_the_traffic_targets(interpreted):
     assert "pass-2 re-read" in bytes_moved("bwd", 16384, 65536, 2).terms
     assert bytes_moved("bwd", 16384, 65536, 2).ratio > traffic.BIG_TARGETS["bwd"]
     assert "pass-2 re-read" not in bytes_moved("bwd", 16384, 16384, 2).terms
+
+
+# (is_rms, x, weight, bias requires grad): every non-empty subset
+GRAD_SUBSETS = [
+    (is_rms, *needs)
+    for is_rms in (False, True)
+    for needs in itertools.product((False, True), repeat=3)
+    if any(needs) and not (is_rms and needs[2])
+]
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16, torch.float32))
+@pytest.mark.parametrize("is_rms, x_grad, weight_grad, bias_grad", GRAD_SUBSETS)
+def test_every_op_is_exactly_its_triton_launches(
+    interpreted, dtype, is_rms, x_grad, weight_grad, bias_grad
+):
+    """For every requires_grad subset of (x, weight, bias): the forward is one Triton launch,
+    the backward one (dx alone) or two (with dW/dB partials), and no eager torch kernel runs
+    around them, inside the custom ops included (a TorchDispatchMode sees their CPU bodies)."""
+    import layernorm_gpu as lg
+
+    n = 300
+    x = torch.randn(6, n).to(dtype).requires_grad_(x_grad)
+    weight = torch.randn(n).to(dtype).requires_grad_(weight_grad)
+    bias = None if is_rms else torch.randn(n).to(dtype).requires_grad_(bias_grad)
+    out = []
+    if is_rms:
+        fwd = trace.trace(lambda: out.append(lg.rms_norm(x, (n,), weight, backend="triton")))
+    else:
+        fwd = trace.trace(
+            lambda: out.append(lg.layer_norm(x, (n,), weight, bias, backend="triton"))
+        )
+    dy = torch.randn_like(out[0])
+    bwd = trace.trace(lambda: out[0].backward(dy))
+    assert len(fwd.launches) == 1 and not fwd.eager, (fwd.launches, fwd.eager)
+    kernels = [lc.kernel for lc in bwd.launches]
+    assert kernels == ["norm_bwd_single_block"] + ["sum_partials"] * (weight_grad or bias_grad)
+    assert not bwd.eager, bwd.eager
 
 
 def test_l2_model_serves_a_re_read_only_within_its_capacity():

@@ -273,3 +273,18 @@ def test_pipeline_buffers_fit_each_target(target, n):
         bwd_stage = bwd.rows_per_tile * bwd.block_n * elem_size * 2 + 4 * bwd.block_n
         assert (bwd.num_stages - 1) * bwd_stage <= target.shared_memory_per_sm - 16 * 1024
         assert bwd.num_stages == 1 or bwd.num_stages >= 3
+
+
+@pytest.mark.parametrize("target, n", FWD_CASES)
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("fused", (False, True))
+def test_backward_keeps_littles_law_in_flight(target, n, elem_size, fused):
+    """Bytes of x and dy the backward's one program per SM keeps in flight (S - 1 pipelined
+    tiles or chunks, 1 unpipelined; a looped kernel's first pass, which streams from DRAM)
+    against Little's law, at every width up to the target's widest. M: 16 rows per SM."""
+    needed, factor, _ = LITTLE[target]
+    cfg = h.backward_config(16 * target.sm_count, n, elem_size, target, loaded_tensors=2 + fused)
+    assert cfg.grid == target.sm_count
+    assert cfg.num_stages != 2  # Triton 3.9 overlaps nothing at two stages
+    tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2
+    assert tile * max(1, cfg.num_stages - 1) >= factor * needed

@@ -197,6 +197,14 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
                     f"{shapes[0]} float32 ({target.sm_count} SMs)",
                 )
             )
+    for phase, traced in (("forward", fwd), ("backward", bwd)):
+        checks.append(
+            Check(
+                f"{phase}: no eager torch kernels",
+                not traced.eager,
+                ", ".join(op.name for op in traced.eager) or "none",
+            )
+        )
     checks.append(
         Check(
             "every access attributed to a tensor",

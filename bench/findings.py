@@ -73,7 +73,8 @@ def read_write_table(traced: list[TracedCase]) -> tuple[Table, Outcome]:
         once = (
             f"read: {', '.join(read)}; written: {', '.join(written)}"
             if read or written
-            else "not checked: rows wider than one block are read twice by design"
+            else "not checked: wider than one block, walked twice (the second from L2: see the "
+            "widths table)"
         )
         table.add(
             problem(t.case),

@@ -106,6 +106,12 @@ MAX_INT32_ROWS = 2**30
 # spilled 8 bytes (sm_80); at 0.9 it gets 4 (144 KiB) and does not.
 MAX_NUM_STAGES = 4
 BWD_SHARED_FRACTION = 0.9
+# The looped backward may run on as few as this fraction of the SMs when that lets the rows it
+# re-reads (and its dW/dB partial rows) fit in L2: 32768 16-bit columns on an A100 / H100
+# (64 and 80 programs) and 65536 on a B200 (100). Those programs deepen their pipelines by
+# SMs / programs to keep the whole chip's Little's law in flight (an SM of an H100 moving
+# 3.35 TB/s / 80 = 42 GB/s); fewer programs also mean fewer partial rows to write and sum.
+BWD_MIN_SM_FRACTION = 0.5
 # The looped backward reads a group of rows twice (statistics, then dx); the second read must
 # come from L2. A group's rows (x, dy, dh: what pass 2 re-reads) plus the program's dW/dB
 # partial row (added to once per group) should take at most L2_WINDOW_FRACTION of the L2 share
@@ -378,31 +384,52 @@ def backward_config(
     one uses up to 512 threads (1024 for float32), tiles of >= MIN_TILE_ELEMS elements and a
     pipelined tile loop (``backward_stages``). ``loaded_tensors``: row tensors read per element
     (x and dy, and dh with a fused residual); ``partials``: dW/dB partial rows written (0-2).
-    Wide rows walk their tiles in L2-sized groups (``backward_group``).
+    Wide rows walk their tiles in L2-sized groups (``backward_group``); where not even one row
+    per SM fits, down to BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a
+    deeper pipeline.
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
-    grid, tiles, int64_rows = _persistent(n_rows, rows, target.sm_count)
+    row_bytes = n_cols * elem_size * loaded_tensors
+    partial_bytes = 4 * n_cols * partials
+    programs = target.sm_count
+    if not single:
+        programs = backward_programs(row_bytes + partial_bytes, target)
+    grid, tiles, int64_rows = _persistent(n_rows, rows, programs)
     tile_bytes = rows * block_n * elem_size * loaded_tensors
-    stages = backward_stages(tile_bytes + 4 * block_n, target)
+    depth = -(-(MAX_NUM_STAGES - 1) * target.sm_count // programs)  # buffers for Little's law
+    stages = backward_stages(tile_bytes + 4 * block_n, target, depth + 1)
     group = 1
     if not single:
-        row_bytes = n_cols * elem_size * loaded_tensors
-        group = backward_group(row_bytes, 4 * n_cols * partials, grid, target)
+        group = backward_group(row_bytes, partial_bytes, grid, target)
         group = tiles if group == 0 else min(group, tiles)
     return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group)
 
 
-def backward_stages(stage_bytes: int, target: Target = H100) -> int:
+def backward_programs(window_bytes: int, target: Target = H100) -> int:
+    """Programs of the looped backward: one per SM when each one's ``window_bytes`` (a row of
+    the tensors pass 2 re-reads and its dW/dB partial row) fit in L2_WINDOW_FRACTION of L2
+    together; else as many as fit, if that is at least BWD_MIN_SM_FRACTION of the SMs (fewer
+    programs, fewer partial rows, deeper pipelines); else one per SM (the rows are then re-read
+    from DRAM: the traffic report's widths table shows it)."""
+    fit = int(L2_WINDOW_FRACTION * target.l2_bytes) // max(window_bytes, 1)
+    if fit >= target.sm_count or fit < BWD_MIN_SM_FRACTION * target.sm_count:
+        return target.sm_count
+    return fit
+
+
+def backward_stages(
+    stage_bytes: int, target: Target = H100, max_stages: int = MAX_NUM_STAGES
+) -> int:
     """Pipeline depth of the backward. A loop pipelined S deep holds S - 1 stage buffers of
     ``stage_bytes`` (one tile's or chunk's x, dy and dh, and a chunk of weight and bias) in
     shared memory; they may use BWD_SHARED_FRACTION of the SM's (its one program per SM also
-    needs a little for the row reductions). At most MAX_NUM_STAGES; 1 (plain loads) when two
+    needs a little for the row reductions). At most ``max_stages``; 1 (plain loads) when two
     buffers don't fit (two stages overlap nothing: the next tile's copy is issued only once the
     current one is consumed) and on AMD targets (see :func:`_pipeline_stages`)."""
     buffers = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
     if buffers < 2 or target.backend != "cuda":
         return 1
-    return min(MAX_NUM_STAGES, buffers + 1)
+    return min(max_stages, buffers + 1)
 
 
 def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:

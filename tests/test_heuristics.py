@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -279,12 +280,37 @@ def test_pipeline_buffers_fit_each_target(target, n):
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 @pytest.mark.parametrize("fused", (False, True))
 def test_backward_keeps_littles_law_in_flight(target, n, elem_size, fused):
-    """Bytes of x and dy the backward's one program per SM keeps in flight (S - 1 pipelined
-    tiles or chunks, 1 unpipelined; a looped kernel's first pass, which streams from DRAM)
-    against Little's law, at every width up to the target's widest. M: 16 rows per SM."""
+    """Bytes of x and dy the backward keeps in flight per SM (S - 1 pipelined tiles or chunks,
+    1 unpipelined; a looped kernel's first pass, which streams from DRAM; its programs spread
+    over the SMs: one per SM, or at least half as many whose pipelines are deeper) against
+    Little's law, at every width up to the target's widest. M: 16 rows per SM."""
     needed, factor, _ = LITTLE[target]
     cfg = h.backward_config(16 * target.sm_count, n, elem_size, target, loaded_tensors=2 + fused)
-    assert cfg.grid == target.sm_count
+    assert h.BWD_MIN_SM_FRACTION * target.sm_count <= cfg.grid <= target.sm_count
     assert cfg.num_stages != 2  # Triton 3.9 overlaps nothing at two stages
     tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2
-    assert tile * max(1, cfg.num_stages - 1) >= factor * needed
+    per_sm = tile * max(1, cfg.num_stages - 1) * cfg.grid / target.sm_count
+    assert per_sm >= factor * needed
+
+
+@pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("n", (16384, 32768, 65536, 131072, 262144))
+def test_looped_backward_fits_its_rows_in_l2_or_says_it_does_not(target, elem_size, n):
+    """The looped backward's row groups and grid: where its groups are smaller than a
+    program's rows, the rows its resident programs re-read plus their dW/dB partial rows fit in
+    L2_WINDOW_FRACTION of L2; otherwise it runs one program per SM with one group (and re-reads
+    from DRAM, which the traffic report's widths table counts). Half the SMs at the least."""
+    m = (1 << 26) // n
+    cfg = h.backward_config(m, n, elem_size, target)
+    assert not cfg.single_block
+    window = cfg.grid * (cfg.tiles_per_group * n * elem_size * 2 + 2 * 4 * n)
+    one_per_sm = h.backward_config(m, n, elem_size, dataclasses.replace(target, l2_bytes=1 << 40))
+    if cfg.tiles_per_group < cfg.tiles_per_program or cfg.grid < one_per_sm.grid:
+        assert window <= h.L2_WINDOW_FRACTION * target.l2_bytes
+    else:
+        assert cfg.grid == one_per_sm.grid
+    assert cfg.grid >= min(m, h.BWD_MIN_SM_FRACTION * target.sm_count)
+    # 16-bit rows of 16384 (A100, H100) and 32768 (B200 also 65536) columns are read once
+    if elem_size == 2 and n <= (65536 if target is B200 else 32768):
+        assert window <= h.L2_WINDOW_FRACTION * target.l2_bytes

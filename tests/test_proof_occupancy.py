@@ -121,9 +121,10 @@ def test_in_flight_table_opens_with_issue_10_and_checks_each_launch():
     # One program per SM with 16 KiB in flight: 0.92 of H100's need, 0.43 of B200's.
     assert table.rows[0][1:] == ["0.92", "0.43"]
     checks, checked, missed = compile_report.in_flight_checks(reports)
-    # Checked: launches with >= 8 rows per SM; 1024 rows are fewer than 8 x 132 (reported).
-    assert checked == missed == 8
-    assert [row[-1] for row in checks.rows].count("reported") == len(reports) - 8
+    # Checked: launches with >= 8 rows per SM (16384, 4096 and 2048 rows: 6 variants x 2
+    # targets); 1024 rows are fewer than 8 x 132 (reported).
+    assert checked == missed == 12
+    assert [row[-1] for row in checks.rows].count("reported") == len(reports) - 12
     assert {row[-1] for row in checks.rows} == {"MISS", "reported"}
     # AMD is reported, never checked; the depth it cannot count is marked.
     mi300x = _report("fwd", compile_report.Variant("fwd", "bfloat16", 4096), MI300X, resident=7)

@@ -374,7 +374,8 @@ def backward_config(
     elem_size: int,
     target: Target = H100,
     *,
-    loaded_tensors: int = 2,
+    loaded_bytes: int | None = None,
+    column_bytes: int = 4,
     partials: int = 2,
 ) -> NormConfig:
     """Backward launch: at most one program per SM, each accumulating dW/dB in registers.
@@ -382,22 +383,27 @@ def backward_config(
     One program per SM bounds the partial buffers at ``sm_count x N`` float32 per gradient and
     keeps the second stage small; to keep the memory system busy with so few programs, each
     one uses up to 512 threads (1024 for float32), tiles of >= MIN_TILE_ELEMS elements and a
-    pipelined tile loop (``backward_stages``). ``loaded_tensors``: row tensors read per element
-    (x and dy, and dh with a fused residual); ``partials``: dW/dB partial rows written (0-2).
-    Wide rows walk their tiles in L2-sized groups (``backward_group``); where not even one row
-    per SM fits, down to BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a
-    deeper pipeline.
+    pipelined tile loop (``backward_stages``). ``elem_size``: x's element size (it sets the
+    blocking); ``loaded_bytes``: bytes per element of the row tensors read (x, dy and dh with a
+    fused residual, each in its own dtype; default x and dy in x's); ``column_bytes``: bytes
+    per column of the vectors each tile also loads (weight, and bias when x_hat comes from y);
+    ``partials``: dW/dB partial rows written (0-2). Wide rows walk their tiles in L2-sized
+    groups (``backward_group``); where not even one row per SM fits, down to
+    BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a deeper pipeline.
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
-    row_bytes = n_cols * elem_size * loaded_tensors
+    loaded_bytes = loaded_bytes or 2 * elem_size
+    row_bytes = n_cols * loaded_bytes
     partial_bytes = 4 * n_cols * partials
     programs = target.sm_count
     if not single:
         programs = backward_programs(row_bytes + partial_bytes, target)
     grid, tiles, int64_rows = _persistent(n_rows, rows, programs)
-    tile_bytes = rows * block_n * elem_size * loaded_tensors
+    # every load of the tile loop is staged: the tile's rows, the columns' weight (and bias),
+    # and a few per-row floats (rstd, mean, c1, c2)
+    stage_bytes = rows * (block_n * loaded_bytes + 16) + block_n * column_bytes
     depth = -(-(MAX_NUM_STAGES - 1) * target.sm_count // programs)  # buffers for Little's law
-    stages = backward_stages(tile_bytes + 4 * block_n, target, depth + 1)
+    stages = backward_stages(stage_bytes, target, depth + 1)
     group = 1
     if not single:
         group = backward_group(row_bytes, partial_bytes, grid, target)
@@ -421,7 +427,7 @@ def backward_stages(
     stage_bytes: int, target: Target = H100, max_stages: int = MAX_NUM_STAGES
 ) -> int:
     """Pipeline depth of the backward. A loop pipelined S deep holds S - 1 stage buffers of
-    ``stage_bytes`` (one tile's or chunk's x, dy and dh, and a chunk of weight and bias) in
+    ``stage_bytes`` (everything one tile or chunk loads: x, dy, dh, weight, bias, statistics) in
     shared memory; they may use BWD_SHARED_FRACTION of the SM's (its one program per SM also
     needs a little for the row reductions). At most ``max_stages``; 1 (plain loads) when two
     buffers don't fit (two stages overlap nothing: the next tile's copy is issued only once the

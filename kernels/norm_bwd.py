@@ -536,7 +536,10 @@ def norm_bwd(
         n_cols,
         x.element_size(),
         target or device_target(device),
-        loaded_tensors=2 if dh is None else 3,
+        loaded_bytes=sum(t.element_size() for t in (x, dy, dh) if t is not None),
+        column_bytes=sum(
+            t.element_size() for t in (weight, bias if x_is_y else None) if t is not None
+        ),
         partials=(dweight is not None) + (dbias is not None),
     )
     partial = {}

@@ -33,7 +33,7 @@ NVIDIA_REG_PARTITIONS = 4
 SHARED_RESERVED_PER_BLOCK = 1024
 SHARED_ALLOC_UNIT = 128
 # AMD CDNA: a CU has 4 SIMDs, each with ``registers_per_sm / 4 / 64`` VGPRs per lane (512),
-# allocated in granules of 8; a workgroup of W waves takes ceil(W / 4) waves on each SIMD.
+# allocated in granules of 8; a workgroup's W waves (a power of two) spread over the 4 SIMDs.
 SIMDS_PER_CU = 4
 VGPR_GRANULE = 8
 
@@ -57,7 +57,7 @@ def resident_programs(target: Target, regs: int, num_warps: int, shared: int) ->
         vgprs_per_lane = target.registers_per_sm // SIMDS_PER_CU // target.warp_size
         waves_per_simd = target.max_threads_per_sm // target.warp_size // SIMDS_PER_CU
         waves = min(waves_per_simd, vgprs_per_lane // _round_up(max(regs, 1), VGPR_GRANULE))
-        limits.append(waves // -(-num_warps // SIMDS_PER_CU))
+        limits.append(waves * SIMDS_PER_CU // num_warps)  # W waves spread over the 4 SIMDs
         if shared:
             limits.append(target.shared_memory_per_sm // shared)
     else:
@@ -70,14 +70,14 @@ def resident_programs(target: Target, regs: int, num_warps: int, shared: int) ->
 
 
 def _arg_facts(arg: Any) -> Hashable:
-    """What Triton specialises a launch on, per argument: a tensor's dtype, an integer equal to
-    one (it becomes a constant), None. Divisibility by 16 and pointer alignment change only
-    address arithmetic, so their specialisations share a count."""
+    """What Triton specialises a launch on, per argument: a tensor's dtype and 16-byte
+    alignment, an integer's being one (it becomes a constant), divisible by 16 or past int32,
+    None."""
     if isinstance(arg, torch.Tensor):
-        return arg.dtype
+        return arg.dtype, arg.data_ptr() % 16 == 0
     if isinstance(arg, bool) or not isinstance(arg, int):
         return type(arg).__name__
-    return arg == 1
+    return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
 
 
 _CACHE: dict[Hashable, int] = {}

@@ -441,3 +441,58 @@ def test_compiled_kernels_feed_the_in_flight_model(compiled):
         model = r.in_flight()
         expected = min(r.resident, r.grid / 132) * r.tile_load_bytes * r.pipeline_depth
         assert model.bytes_per_sm == pytest.approx(expected)
+
+
+# The backward's stage buffers hold everything a tile loads, in each tensor's own dtype: y, dy,
+# weight and bias all float32 in the memory-efficient backward under CUDA autocast, dy float32
+# with 16-bit x under "llama" casting with float32 weights. Compiled offline (a child process:
+# the kernels are interpreted here), their shared memory must fit a block on its target.
+SHARED_PER_BLOCK = {"sm_80": 166912, "sm_90": 232448, "sm_100": 232448, "sm_120": 101376}
+MIXED_BACKWARDS = r"""
+import json, warnings
+import torch
+from bench.proof import triton_private
+from layernorm_gpu.kernels import registry, norm_bwd
+from layernorm_gpu.kernels.heuristics import TARGETS
+
+warnings.simplefilter("ignore")
+out = []
+for target in (t for t in TARGETS if t.backend == "cuda"):
+    for n, x_dtype, dy_dtype, x_is_y in (
+        (4096, torch.float32, torch.float32, True),
+        (8192, torch.bfloat16, torch.float32, False),
+        (8192, torch.bfloat16, torch.bfloat16, True),
+    ):
+        meta = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype, device="meta")
+        x, dy, w = meta(4096, n, dtype=x_dtype), meta(4096, n, dtype=dy_dtype), meta(n)
+        stats = meta(4096)
+        launches = []
+        with registry.intercepted(lambda launch, run: launches.append(launch)):
+            norm_bwd(dy, x, w, stats, stats, n_norm_dims=1, is_rms=False,
+                     dweight_dtype=torch.float32, dbias_dtype=torch.float32,
+                     bias=meta(n) if x_is_y else None, x_is_y=x_is_y, target=target)
+        launch = launches[0]
+        src, options, _ = triton_private.specialise(
+            launch.kernel.fn, launch.args, launch.kwargs, target)
+        kernel = triton_private.compile_kernel(src, target, options)
+        out.append([target.arch, n, launch.kwargs["NUM_STAGES"], kernel.metadata.shared])
+print(json.dumps(out))
+"""
+
+
+def test_backward_stage_buffers_fit_a_block_with_mixed_dtypes():
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", MIXED_BACKWARDS],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=600,
+    )
+    results = json.loads(done.stdout)
+    assert len(results) == 12
+    for arch, n, stages, shared in results:
+        assert shared <= SHARED_PER_BLOCK[arch], (arch, n, stages, shared)
+    # pipelined where it fits: float32 memory-efficient 4096 columns on an H100
+    assert ["sm_90", 4096] in [r[:2] for r in results if r[2] >= 3]

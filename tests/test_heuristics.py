@@ -285,7 +285,8 @@ def test_backward_keeps_littles_law_in_flight(target, n, elem_size, fused):
     over the SMs: one per SM, or at least half as many whose pipelines are deeper) against
     Little's law, at every width up to the target's widest. M: 16 rows per SM."""
     needed, factor, _ = LITTLE[target]
-    cfg = h.backward_config(16 * target.sm_count, n, elem_size, target, loaded_tensors=2 + fused)
+    loaded = elem_size * (2 + fused)
+    cfg = h.backward_config(16 * target.sm_count, n, elem_size, target, loaded_bytes=loaded)
     assert h.BWD_MIN_SM_FRACTION * target.sm_count <= cfg.grid <= target.sm_count
     assert cfg.num_stages != 2  # Triton 3.9 overlaps nothing at two stages
     tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2

@@ -46,6 +46,8 @@ from layernorm_gpu.kernels.occupancy import resident_programs
         (MI300X, 70, 8, 0, 3),
         # 32 VGPRs: 16 waves by registers, capped at 8 per SIMD; 16 KiB of LDS: 64 KiB / 16 = 4
         (MI300X, 32, 4, 16 * 1024, 4),
+        # one-wave workgroups spread over the 4 SIMDs: 8 waves each, capped at 32 programs
+        (MI300X, 32, 1, 0, 32),
     ],
 )
 def test_resident_programs(target, regs, warps, shared, expected):
@@ -85,14 +87,18 @@ def test_programs_per_sm_from_the_compiled_kernel_cached_per_specialisation():
     assert occupancy.programs_per_sm(fn, args, kwargs, CUDA0, _h100) == 3
     assert len(fn.warmups) == 1 and fn.loads == [1]
     # same specialisation (values differ, facts equal): no new compile
-    assert occupancy.programs_per_sm(fn, (x, None, 16, 1, 1e-6), kwargs, CUDA0, _h100) == 3
+    assert occupancy.programs_per_sm(fn, (x, None, 24, 1, 1e-6), kwargs, CUDA0, _h100) == 3
     assert len(fn.warmups) == 1
-    # a constexpr, a dtype, an integer equal to one, another device: each compiles once
+    # a constexpr, a dtype, an integer equal to one, another device, an integer divisible by
+    # 16, one past int32, a tensor not 16-byte aligned: each compiles once
     occupancy.programs_per_sm(fn, args, dict(kwargs, BLOCK_N=16), CUDA0, _h100)
     occupancy.programs_per_sm(fn, (x.float(), *args[1:]), kwargs, CUDA0, _h100)
     occupancy.programs_per_sm(fn, (x, None, 8, 2, 1e-5), kwargs, CUDA0, _h100)
     occupancy.programs_per_sm(fn, args, kwargs, torch.device("cuda", 1), _h100)
-    assert len(fn.warmups) == 5
+    occupancy.programs_per_sm(fn, (x, None, 32, 1, 1e-5), kwargs, CUDA0, _h100)
+    occupancy.programs_per_sm(fn, (x, None, 2**31 + 8, 1, 1e-5), kwargs, CUDA0, _h100)
+    occupancy.programs_per_sm(fn, (x.view(-1)[1:], None, 8, 1, 1e-5), kwargs, CUDA0, _h100)
+    assert len(fn.warmups) == 8
     assert fn.warmups[0] == (args, kwargs)
 
 

@@ -135,7 +135,8 @@ def bytes_moved(
         n_cols,
         elem_size,
         target,
-        loaded_tensors=2 + fused_residual,
+        loaded_bytes=x_es + elem_size + fused_residual * h_es,
+        column_bytes=w_es if has_weight else 0,
         partials=has_weight + has_bias,
     )
     partials = cfg.grid * n_cols * FLOAT32

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .proof.bytes_model import bytes_moved
+from .tables import Table
 
 if TYPE_CHECKING:
     from .progress import Step
@@ -365,6 +366,17 @@ def plot(rows: list[Row], copy_bw: float, out_dir: Path) -> list[Path]:
     return paths
 
 
+def training_table(training: list[tuple[int, float, float]]) -> Table:
+    table = Table(
+        "Training step: one Llama layer forward + backward, bf16, 8 x 1024 tokens",
+        ["hidden size", "transformers LlamaRMSNorm", "layernorm_gpu", "speedup"],
+    )
+    for dim, theirs, ours in training:
+        table.add(dim, f"{theirs:.3f} ms", f"{ours:.3f} ms", f"{theirs / ours:.3f}x")
+    table.notes.append("speedup: transformers' time / ours; above 1x layernorm_gpu is faster.")
+    return table
+
+
 def training_step(
     dims: tuple[int, ...] = (1024, 4096),
     batch: int = 8,
@@ -453,7 +465,7 @@ def run(args: argparse.Namespace) -> None:
     print the tables."""
     from .cache import triton_cache_dir
     from .progress import Steps
-    from .tables import Table, console, print_table
+    from .tables import console, print_table
 
     if not torch.cuda.is_available():
         raise SystemExit(
@@ -519,14 +531,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.no_train:
         with steps.step("Training step: a transformer block with torch's and our LayerNorm"):
             results = training_step()
-        train = Table(
-            "Training step: one Llama layer fwd+bwd, bf16, 8x1024 tokens",
-            ["dim", "transformers LlamaRMSNorm ms", "layernorm_gpu ms", "speedup"],
-        )
-        for dim, theirs, ours in results:
-            train.add(dim, f"{theirs:.3f}", f"{ours:.3f}", f"{theirs / ours:.3f}x")
-        train.notes.append("speedup: torch time / layernorm_gpu time; above 1x we are faster.")
-        print_table(train)
+        print_table(training_table(results))
     console().print(
         f"Written: {csv_path} and {len(pngs)} plots in {args.save_path}. Cached: Triton keeps "
         f"the compiled kernels in {triton_cache_dir()} (TRITON_CACHE_DIR moves it).",

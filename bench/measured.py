@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gpu import DTYPES, OURS, Row, geomean_speedups
+from .gpu import DTYPES, OURS, Row, geomean_speedups, training_table
 from .proof.bytes_model import H100_BANDWIDTH, bytes_moved
 from .pytest_run import FINISHED, NOT_RUN, SuiteResult
 from .tables import Table, to_markdown
@@ -164,17 +164,6 @@ def speedup_table(rows: list[Row]) -> Table:
     for baseline, by_mode in geomean_speedups(rows).items():
         table.add(baseline, *(f"{by_mode[m]:.2f}x" if m in by_mode else "-" for m in modes))
     table.notes.append("baseline time / layernorm_gpu time: above 1.00x layernorm_gpu is faster.")
-    return table
-
-
-def training_table(training: list[tuple[int, float, float]]) -> Table:
-    table = Table(
-        "Training step: one Llama layer forward + backward, bf16, 8 x 1024 tokens",
-        ["hidden size", "transformers LlamaRMSNorm", "layernorm_gpu", "speedup"],
-    )
-    for dim, theirs, ours in training:
-        table.add(dim, f"{theirs:.3f} ms", f"{ours:.3f} ms", f"{theirs / ours:.3f}x")
-    table.notes.append("speedup: transformers' time / ours; above 1x layernorm_gpu is faster.")
     return table
 
 

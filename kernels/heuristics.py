@@ -18,6 +18,7 @@ addressed (their integer width), never the floating-point arithmetic of a row.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 # Register budget: a program of T threads gets at most registers_per_sm / T registers per
@@ -104,7 +105,7 @@ MAX_INT32_ROWS = 2**30
 # also needs a few KiB for the row reductions; 0.9 of an A100's 164 KiB is within the 163 KiB
 # a block may have). At 0.75, a float32 4096-column backward got 3 stages on an A100 and
 # spilled 8 bytes (sm_80); at 0.9 it gets 4 (144 KiB) and does not.
-MAX_NUM_STAGES = 4
+BWD_MAX_STAGES = 4
 BWD_SHARED_FRACTION = 0.9
 # The looped backward may run on as few as this fraction of the SMs when that lets the rows it
 # re-reads (and its dW/dB partial rows) fit in L2: 32768 16-bit columns on an A100 / H100
@@ -114,11 +115,11 @@ BWD_SHARED_FRACTION = 0.9
 BWD_MIN_SM_FRACTION = 0.5
 # The looped backward reads a group of rows twice (statistics, then dx); the second read must
 # come from L2. A group's rows (x, dy, dh: what pass 2 re-reads) plus the program's dW/dB
-# partial row (added to once per group) should take at most L2_WINDOW_FRACTION of the L2 share
+# partial row (added to once per group) should take at most BWD_L2_WINDOW_FRACTION of the L2 share
 # of one program (L2 / grid): the rest is the dx write-back stream and the L2's split into two
 # partitions. When not even one row fits, the program's rows are one group (pass 2 then
 # re-reads them from DRAM, as reported by the traffic report's L2-window check).
-L2_WINDOW_FRACTION = 0.6
+BWD_L2_WINDOW_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
@@ -218,17 +219,15 @@ MI300X = Target(
     dram_bandwidth=5.3e12,
     dram_latency=800e-9,
 )
-MI355X = Target(
+# MI355X: the MI300X's CDNA compute unit (64-wide waves, 512 VGPRs per lane), CDNA4's larger
+# LDS, fewer CUs, faster HBM.
+MI355X = dataclasses.replace(
+    MI300X,
     sm_count=256,
     arch="gfx950",
     name="MI355X",
-    warp_size=64,
-    registers_per_sm=131072,
-    max_registers_per_thread=512,
     shared_memory_per_sm=160 * 1024,
-    l2_bytes=32 * 2**20,
     dram_bandwidth=8.0e12,
-    dram_latency=800e-9,
 )
 TARGETS = (A100, H100, B200, RTX5090, MI300X, MI355X)
 
@@ -269,7 +268,8 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-def _cdiv(a: int, b: int) -> int:
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints."""
     return -(-a // b)
 
 
@@ -306,9 +306,9 @@ def _row_blocking(
 def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int, bool]:
     """(grid, tiles_per_program, int64_rows): consecutive tiles per program, every program
     non-empty; int64 row indices when the rows the grid covers pass MAX_INT32_ROWS."""
-    n_tiles = max(1, _cdiv(n_rows, rows_per_tile))
-    tiles_per_program = _cdiv(n_tiles, max(1, min(n_tiles, max_programs)))
-    grid = _cdiv(n_tiles, tiles_per_program)
+    n_tiles = max(1, cdiv(n_rows, rows_per_tile))
+    tiles_per_program = cdiv(n_tiles, max(1, min(n_tiles, max_programs)))
+    grid = cdiv(n_tiles, tiles_per_program)
     return grid, tiles_per_program, grid * tiles_per_program * rows_per_tile > MAX_INT32_ROWS
 
 
@@ -321,7 +321,7 @@ def _pipeline_stages(tile_bytes: int, bytes_in_flight: int, target: Target) -> i
     budget = min(FWD_MAX_PIPELINE_BYTES, target.shared_memory_per_sm - 32 * 1024)
     if tile_bytes >= bytes_in_flight or target.backend == "hip" or 2 * tile_bytes > budget:
         return 1
-    buffers = min(_cdiv(bytes_in_flight, tile_bytes), budget // tile_bytes)
+    buffers = min(cdiv(bytes_in_flight, tile_bytes), budget // tile_bytes)
     return max(3, min(FWD_MAX_STAGES, buffers + 1))
 
 
@@ -360,7 +360,7 @@ def forward_config(
         if window >= target.sm_count:
             window -= window % target.sm_count
         else:
-            bytes_in_flight = _cdiv(bytes_in_flight * target.sm_count, window)
+            bytes_in_flight = cdiv(bytes_in_flight * target.sm_count, window)
         max_programs = min(max_programs, window)
     tile_bytes = rows * block_n * (elem_size + residual_elem_size)
     stages = _pipeline_stages(tile_bytes, bytes_in_flight, target)
@@ -402,7 +402,7 @@ def backward_config(
     # every load of the tile loop is staged: the tile's rows, the columns' weight (and bias),
     # and a few per-row floats (rstd, mean, c1, c2)
     stage_bytes = rows * (block_n * loaded_bytes + 16) + block_n * column_bytes
-    depth = -(-(MAX_NUM_STAGES - 1) * target.sm_count // programs)  # buffers for Little's law
+    depth = cdiv((BWD_MAX_STAGES - 1) * target.sm_count, programs)  # buffers for Little's law
     stages = backward_stages(stage_bytes, target, depth + 1)
     group = 1
     if not single:
@@ -413,18 +413,18 @@ def backward_config(
 
 def backward_programs(window_bytes: int, target: Target = H100) -> int:
     """Programs of the looped backward: one per SM when each one's ``window_bytes`` (a row of
-    the tensors pass 2 re-reads and its dW/dB partial row) fit in L2_WINDOW_FRACTION of L2
+    the tensors pass 2 re-reads and its dW/dB partial row) fit in BWD_L2_WINDOW_FRACTION of L2
     together; else as many as fit, if that is at least BWD_MIN_SM_FRACTION of the SMs (fewer
     programs, fewer partial rows, deeper pipelines); else one per SM (the rows are then re-read
     from DRAM: the traffic report's widths table shows it)."""
-    fit = int(L2_WINDOW_FRACTION * target.l2_bytes) // max(window_bytes, 1)
+    fit = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(window_bytes, 1)
     if fit >= target.sm_count or fit < BWD_MIN_SM_FRACTION * target.sm_count:
         return target.sm_count
     return fit
 
 
 def backward_stages(
-    stage_bytes: int, target: Target = H100, max_stages: int = MAX_NUM_STAGES
+    stage_bytes: int, target: Target = H100, max_stages: int = BWD_MAX_STAGES
 ) -> int:
     """Pipeline depth of the backward. A loop pipelined S deep holds S - 1 stage buffers of
     ``stage_bytes`` (everything one tile or chunk loads: x, dy, dh, weight, bias, statistics) in
@@ -440,9 +440,9 @@ def backward_stages(
 
 def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:
     """Tiles per group of the looped backward: how many rows of ``row_bytes`` (re-read by pass
-    2) fit, next to the program's ``partial_bytes`` of dW/dB partials, in L2_WINDOW_FRACTION of
+    2) fit, next to the program's ``partial_bytes`` of dW/dB partials, in BWD_L2_WINDOW_FRACTION of
     one program's share of L2; 0 when not one does."""
-    share = int(L2_WINDOW_FRACTION * target.l2_bytes) // max(grid, 1)
+    share = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(grid, 1)
     return max(0, (share - partial_bytes) // max(row_bytes, 1))
 
 
@@ -450,5 +450,5 @@ def partial_sum_config(n_partials: int, n_cols: int) -> PartialSumConfig:
     """Column-parallel sum of the partial rows; one program per PARTIAL_BLOCK_N columns."""
     del n_partials  # each program loops over all of them
     return PartialSumConfig(
-        PARTIAL_BLOCK_N, PARTIAL_BLOCK_P, PARTIAL_NUM_WARPS, max(1, _cdiv(n_cols, PARTIAL_BLOCK_N))
+        PARTIAL_BLOCK_N, PARTIAL_BLOCK_P, PARTIAL_NUM_WARPS, max(1, cdiv(n_cols, PARTIAL_BLOCK_N))
     )

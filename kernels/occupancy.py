@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .heuristics import Target
+from .heuristics import Target, cdiv
 from .target import device_target
 
 # NVIDIA: registers are allocated per warp in multiples of 256, from a register file split
@@ -39,7 +39,7 @@ VGPR_GRANULE = 8
 
 
 def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit
+    return cdiv(n, unit) * unit
 
 
 def resident_programs(target: Target, regs: int, num_warps: int, shared: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -30,6 +31,17 @@ os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHE_DIR, "triton")
 
 def pytest_unconfigure(config):
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
+
+def _remove_caches_and_die(signum, frame) -> None:
+    """A run stopped with SIGTERM (a CI timeout, ``kill``) skips pytest_unconfigure: remove the
+    caches, then die of the signal as before."""
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+signal.signal(signal.SIGTERM, _remove_caches_and_die)
 
 
 def _round_bfloat16_to_nearest_even() -> None:

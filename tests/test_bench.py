@@ -364,23 +364,28 @@ print(json.dumps({
 """
 
 
+def _compiled(script: str, *paths: Path, timeout: int = 300):
+    """Run ``script`` in a child process whose kernels are compiled, not interpreted (with
+    ``paths`` and the repository importable); what it prints, as JSON."""
+    path = os.pathsep.join([*map(str, paths), str(REPO)])
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=timeout,
+    )
+    return json.loads(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def counter_examples(tmp_path_factory) -> dict:
     """What the PTX and TTIR checks find in the counter-examples."""
     tmp_path = tmp_path_factory.mktemp("counter_examples")
     (tmp_path / "counter_example.py").write_text(COUNTER_EXAMPLE)
-    env = dict(
-        os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)])
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", ANALYSE],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(done.stdout)
+    return _compiled(ANALYSE, tmp_path)
 
 
 def test_32_bit_row_offsets_fail_the_64_bit_check(counter_examples):
@@ -481,16 +486,7 @@ print(json.dumps(out))
 
 
 def test_backward_stage_buffers_fit_a_block_with_mixed_dtypes():
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", MIXED_BACKWARDS],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=600,
-    )
-    results = json.loads(done.stdout)
+    results = _compiled(MIXED_BACKWARDS, timeout=600)
     assert len(results) == 12
     for arch, n, stages, shared in results:
         assert shared <= SHARED_PER_BLOCK[arch], (arch, n, stages, shared)

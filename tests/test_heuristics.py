@@ -238,7 +238,7 @@ def test_looped_forward_rereads_rows_within_the_l2_window(target, elem_size, h_e
             # as many programs as the window holds, rounded down to whole programs per SM
             whole = budget // row_bytes // target.sm_count * target.sm_count
             cap = min(whole, target.sm_count * (per_sm or target.max_threads_per_sm // 512))
-            assert cfg.tiles_per_program == -(-m // min(m, cap))
+            assert cfg.tiles_per_program == h.cdiv(m, min(m, cap))
 
 
 @pytest.mark.parametrize("n", WIDTHS)
@@ -300,7 +300,7 @@ def test_backward_keeps_littles_law_in_flight(target, n, elem_size, fused):
 def test_looped_backward_fits_its_rows_in_l2_or_says_it_does_not(target, elem_size, n):
     """The looped backward's row groups and grid: where its groups are smaller than a
     program's rows, the rows its resident programs re-read plus their dW/dB partial rows fit in
-    L2_WINDOW_FRACTION of L2; otherwise it runs one program per SM with one group (and re-reads
+    BWD_L2_WINDOW_FRACTION of L2; otherwise it runs one program per SM with one group (and re-reads
     from DRAM, which the traffic report's widths table counts). Half the SMs at the least."""
     m = (1 << 26) // n
     cfg = h.backward_config(m, n, elem_size, target)
@@ -308,10 +308,10 @@ def test_looped_backward_fits_its_rows_in_l2_or_says_it_does_not(target, elem_si
     window = cfg.grid * (cfg.tiles_per_group * n * elem_size * 2 + 2 * 4 * n)
     one_per_sm = h.backward_config(m, n, elem_size, dataclasses.replace(target, l2_bytes=1 << 40))
     if cfg.tiles_per_group < cfg.tiles_per_program or cfg.grid < one_per_sm.grid:
-        assert window <= h.L2_WINDOW_FRACTION * target.l2_bytes
+        assert window <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes
     else:
         assert cfg.grid == one_per_sm.grid
     assert cfg.grid >= min(m, h.BWD_MIN_SM_FRACTION * target.sm_count)
     # 16-bit rows of 16384 (A100, H100) and 32768 (B200 also 65536) columns are read once
     if elem_size == 2 and n <= (65536 if target is B200 else 32768):
-        assert window <= h.L2_WINDOW_FRACTION * target.l2_bytes
+        assert window <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes

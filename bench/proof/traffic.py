@@ -147,24 +147,20 @@ class Check:
     detail: str
 
 
-def _read_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
-    """Every element of ``role`` loaded, each exactly once."""
+def _moved_once(phase: str, traffic: Traffic, role: str, nbytes: int, stored: bool) -> Check:
+    """Every element of ``role`` loaded (``stored``: stored), each exactly once."""
     t = traffic.get(role)
-    ok = t.distinct_loaded == nbytes == t.loaded and set(t.loads_per_element) == {1}
-    return Check(
-        f"{phase}: {role} read once",
-        ok,
-        f"loaded {t.loaded} of {nbytes} B; loads/element {t.loads_per_element}",
+    moved, distinct, per_element = (
+        (t.stored, t.distinct_stored, t.stores_per_element)
+        if stored
+        else (t.loaded, t.distinct_loaded, t.loads_per_element)
     )
-
-
-def _written_once(phase: str, traffic: Traffic, role: str, nbytes: int) -> Check:
-    t = traffic.get(role)
-    ok = t.distinct_stored == nbytes == t.stored and set(t.stores_per_element) == {1}
+    verb = "written" if stored else "read"
     return Check(
-        f"{phase}: {role} written once",
-        ok,
-        f"stored {t.stored} of {nbytes} B; stores/element {t.stores_per_element}",
+        f"{phase}: {role} {verb} once",
+        distinct == nbytes == moved and set(per_element) == {1},
+        f"{'stored' if stored else 'loaded'} {moved} of {nbytes} B; "
+        f"{'stores' if stored else 'loads'}/element {per_element}",
     )
 
 
@@ -215,18 +211,18 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
     fwd_single = forward_config(case.n_rows, case.n_cols, es, target).single_block
     bwd_single = backward_config(case.n_rows, case.n_cols, es, target).single_block
     if fwd_single:
-        checks.append(_read_once("forward", fwd, "x", tile * es))
+        checks.append(_moved_once("forward", fwd, "x", tile * es, stored=False))
         if case.fused_residual:
-            checks.append(_read_once("forward", fwd, "residual", tile * es))
-            checks.append(_written_once("forward", fwd, "h", tile * es))
-        checks.append(_written_once("forward", fwd, "y", tile * es))
+            checks.append(_moved_once("forward", fwd, "residual", tile * es, stored=False))
+            checks.append(_moved_once("forward", fwd, "h", tile * es, stored=True))
+        checks.append(_moved_once("forward", fwd, "y", tile * es, stored=True))
     if bwd_single:
         x_es = fwd.get("h").nbytes // tile if case.fused_residual else es
-        checks.append(_read_once("backward", bwd, "x", tile * x_es))
-        checks.append(_read_once("backward", bwd, "dy", tile * es))
+        checks.append(_moved_once("backward", bwd, "x", tile * x_es, stored=False))
+        checks.append(_moved_once("backward", bwd, "dy", tile * es, stored=False))
         if case.fused_residual:
-            checks.append(_read_once("backward", bwd, "dh", tile * x_es))
-        checks.append(_written_once("backward", bwd, "dx", tile * x_es))
+            checks.append(_moved_once("backward", bwd, "dh", tile * x_es, stored=False))
+        checks.append(_moved_once("backward", bwd, "dx", tile * x_es, stored=True))
     return checks
 
 

@@ -10,10 +10,13 @@ Two properties are load-bearing and tested:
   ``rows_per_tile``, ``num_warps``, ``single_block``) depends on N and the dtype only, never
   on M, so row i of a batch is bitwise equal to the same row normalised alone.
 * Bounded scratch: the backward grid is at most one program per SM, so each dW/dB partial
-  buffer is at most ``sm_count x N`` float32.
+  buffer is at most ``sm_count x N`` float32 (the column-parallel backward has none).
 
-``int64_rows`` is the one field that depends on M, and it changes only how row indices are
-addressed (their integer width), never the floating-point arithmetic of a row.
+``int64_rows`` depends on M, and it changes only how row indices are addressed (their integer
+width), never the floating-point arithmetic of a row. So does ``columns`` (whether a wide
+backward runs column-parallel, through its grid's share of L2), which moves only where dx is
+computed: a row's c1 and c2 come from the same looped first pass, its dx from the same
+elementwise arithmetic, either way.
 """
 
 from __future__ import annotations
@@ -120,6 +123,24 @@ BWD_MIN_SM_FRACTION = 0.5
 # partitions. When not even one row fits, the program's rows are one group (pass 2 then
 # re-reads them from DRAM, as reported by the traffic report's L2-window check).
 BWD_L2_WINDOW_FRACTION = 0.6
+# Where not even that fits (a row of x and dy plus a float32 dW and dB partial row per program:
+# from 65536 16-bit columns on an A100 / H100, 131072 on a B200), pass 2 would re-read x and dy
+# from DRAM, and the per-program partial rows would only add to it (2 x grid x N x 8 bytes,
+# +33% of the minimum at 1024 x 65536 bf16 on an H100, +133% at 256 x 262144). The backward
+# then splits the other way: the looped kernel computes each row's c1, c2 only (reading x and
+# dy once), and a column-parallel launch walks every row over a block of columns per program
+# (dx, and dW / dB summed in registers and stored once: no partials, no partial sum). x and dy
+# are still read twice (the one cost left, 1.67x the minimum in 16-bit), which clusters of SMs
+# sharing a row on chip would remove (not expressible in Triton's language).
+# Its blocks are the widest power of two up to LOOP_BLOCK_N that gives every SM a program (a
+# program walks all M rows, so fewer programs than SMs would idle the rest), and at least
+# COLUMNS_MIN_BLOCK_N: 64 columns are one 128-byte line per 16-bit row, the narrowest access
+# that wastes no DRAM sector. Tiles hold COLUMNS_TILE_BYTES of each row tensor (16-bit: 4 rows
+# of 1024 columns, 64 rows of 64), BYTES_PER_THREAD per thread: 256 threads, so that two
+# programs fit an SM's registers at up to 128 per thread where there are more programs than
+# SMs (512 float32 threads needed 74-82 registers on sm_90: one program per SM, two waves).
+COLUMNS_MIN_BLOCK_N = 64
+COLUMNS_TILE_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,20 @@ TARGETS = (A100, H100, B200, RTX5090, MI300X, MI355X)
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    """The column-parallel launch of the backward (:func:`columns_config`): program ``p`` owns
+    columns ``[p * block_n, (p + 1) * block_n)`` of every row and walks the rows in tiles of
+    ``rows_per_tile``, pipelined ``num_stages`` deep; row indices are int64 when ``int64_rows``."""
+
+    block_n: int
+    rows_per_tile: int
+    num_warps: int
+    grid: int
+    int64_rows: bool = False
+    num_stages: int = 1
+
+
+@dataclass(frozen=True)
 class NormConfig:
     """One launch of the forward or backward kernel.
 
@@ -240,7 +275,9 @@ class NormConfig:
     is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks. Row
     indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32. The tile (or chunk)
     loop is pipelined ``num_stages`` deep (the looped forward: its first pass); the looped backward
-    walks its tiles in groups of ``tiles_per_group``.
+    walks its tiles in groups of ``tiles_per_group``. A looped backward with ``columns`` only
+    computes each row's c1, c2 (its first pass); the launch ``columns`` describes then computes
+    dx, dW and dB (see COLUMNS_MIN_BLOCK_N).
     """
 
     block_n: int
@@ -252,6 +289,7 @@ class NormConfig:
     int64_rows: bool = False
     num_stages: int = 1
     tiles_per_group: int = 1
+    columns: ColumnsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -389,7 +427,9 @@ def backward_config(
     per column of the vectors each tile also loads (weight, and bias when x_hat comes from y);
     ``partials``: dW/dB partial rows written (0-2). Wide rows walk their tiles in L2-sized
     groups (``backward_group``); where not even one row per SM fits, down to
-    BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a deeper pipeline.
+    BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a deeper pipeline;
+    where even that does not fit, the looped launch computes c1, c2 only and a column-parallel
+    launch the rest (``columns``, :func:`columns_config`).
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
     loaded_bytes = loaded_bytes or 2 * elem_size
@@ -404,11 +444,13 @@ def backward_config(
     stage_bytes = rows * (block_n * loaded_bytes + 16) + block_n * column_bytes
     depth = cdiv((BWD_MAX_STAGES - 1) * target.sm_count, programs)  # buffers for Little's law
     stages = backward_stages(stage_bytes, target, depth + 1)
-    group = 1
+    group, columns = 1, None
     if not single:
-        group = backward_group(row_bytes, partial_bytes, grid, target)
-        group = tiles if group == 0 else min(group, tiles)
-    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group)
+        group = min(backward_group(row_bytes, partial_bytes, grid, target), tiles)
+        if group == 0:
+            group = tiles
+            columns = columns_config(n_rows, n_cols, elem_size, target, loaded_bytes=loaded_bytes)
+    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group, columns)
 
 
 def backward_programs(window_bytes: int, target: Target = H100) -> int:
@@ -424,15 +466,20 @@ def backward_programs(window_bytes: int, target: Target = H100) -> int:
 
 
 def backward_stages(
-    stage_bytes: int, target: Target = H100, max_stages: int = BWD_MAX_STAGES
+    stage_bytes: int,
+    target: Target = H100,
+    max_stages: int = BWD_MAX_STAGES,
+    programs_per_sm: int = 1,
 ) -> int:
     """Pipeline depth of the backward. A loop pipelined S deep holds S - 1 stage buffers of
     ``stage_bytes`` (everything one tile or chunk loads: x, dy, dh, weight, bias, statistics) in
-    shared memory; they may use BWD_SHARED_FRACTION of the SM's (its one program per SM also
-    needs a little for the row reductions). At most ``max_stages``; 1 (plain loads) when two
-    buffers don't fit (two stages overlap nothing: the next tile's copy is issued only once the
-    current one is consumed) and on AMD targets (see :func:`_pipeline_stages`)."""
-    buffers = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // max(stage_bytes, 1)
+    shared memory; the ``programs_per_sm`` programs of an SM may use BWD_SHARED_FRACTION of its
+    shared memory (they also need a little for the row reductions). At most ``max_stages``; 1
+    (plain loads) when two buffers don't fit (two stages overlap nothing: the next tile's copy is
+    issued only once the current one is consumed) and on AMD targets (see
+    :func:`_pipeline_stages`)."""
+    budget = int(BWD_SHARED_FRACTION * target.shared_memory_per_sm) // programs_per_sm
+    buffers = budget // max(stage_bytes, 1)
     if buffers < 2 or target.backend != "cuda":
         return 1
     return min(max_stages, buffers + 1)
@@ -444,6 +491,38 @@ def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target
     one program's share of L2; 0 when not one does."""
     share = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(grid, 1)
     return max(0, (share - partial_bytes) // max(row_bytes, 1))
+
+
+def columns_config(
+    n_rows: int, n_cols: int, elem_size: int, target: Target = H100, *, loaded_bytes: int
+) -> ColumnsConfig:
+    """The backward's column-parallel launch (see COLUMNS_MIN_BLOCK_N): ``block_n`` columns
+    per program, every row; ``loaded_bytes`` as in :func:`backward_config` (the tile's row
+    tensors). Everything but ``int64_rows`` depends on N, the dtypes and the target only.
+
+    The programs of an SM (``grid / sm_count``, rounded up: 1 or 2 but for rows wider than
+    sm_count x LOOP_BLOCK_N) share its shared memory, and their pipelines keep
+    BWD_MAX_STAGES - 1 tiles each in flight (16 KiB tiles of x and dy in 16-bit: 48 KiB per
+    program, 2.8x an H100's Little's law with one program per SM).
+    """
+    elem_size = 4 if elem_size >= 4 else 2
+    block_n = LOOP_BLOCK_N
+    while block_n > COLUMNS_MIN_BLOCK_N and cdiv(n_cols, block_n) < target.sm_count:
+        block_n //= 2
+    rows = max(1, COLUMNS_TILE_BYTES // elem_size // block_n)
+    threads = next_power_of_2(rows * block_n * elem_size // BYTES_PER_THREAD)
+    threads = min(_max_threads(elem_size, target), threads)
+    grid = cdiv(n_cols, block_n)
+    # every load of the tile loop is staged: the tile's rows and a few per-row floats (rstd,
+    # mean, c1, c2); weight and bias are loaded once, before the loop
+    stage_bytes = rows * (block_n * loaded_bytes + 16)
+    stages = backward_stages(
+        stage_bytes, target, BWD_MAX_STAGES, programs_per_sm=cdiv(grid, target.sm_count)
+    )
+    int64_rows = cdiv(n_rows, rows) * rows > MAX_INT32_ROWS
+    return ColumnsConfig(
+        block_n, rows, max(1, threads // target.warp_size), grid, int64_rows, stages
+    )
 
 
 def partial_sum_config(n_partials: int, n_cols: int) -> PartialSumConfig:

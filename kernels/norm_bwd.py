@@ -16,6 +16,10 @@ column by column in a fixed order. No atomics, no locks: the same inputs give bi
 gradients on every run. Rows up to the single-block width are held whole
 (:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice, in groups of
 rows small enough for the second walk to be served by L2 (:func:`_norm_bwd_looped_kernel`).
+Where not one row per program fits in L2, the looped kernel computes c1, c2 only and
+:func:`_norm_bwd_columns_kernel` computes dx, dW and dB over blocks of columns of every row:
+dW and dB are summed in registers and stored once, with no partials (heuristics'
+COLUMNS_MIN_BLOCK_N).
 Both kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
 asynchronous copies of the next tiles while one is reduced) to keep enough bytes in flight.
 """
@@ -313,6 +317,7 @@ def _norm_bwd_looped_kernel(
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    STATS_ONLY: tl.constexpr,
 ):
     """Backward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
@@ -322,7 +327,8 @@ def _norm_bwd_looped_kernel(
     for each, the group's tiles: it writes dx and adds the chunk's dW/dB column sums to row
     ``pid`` of the partials. Pass 2 re-reads only the group's rows, the most recently read
     chunks first, so a group that fits in L2 (the heuristics size it) is read from DRAM once.
-    Both passes are software-pipelined ``NUM_STAGES`` deep.
+    Both passes are software-pipelined ``NUM_STAGES`` deep. With ``STATS_ONLY`` the program
+    stops after pass 1 (c1, c2 for :func:`_norm_bwd_columns_kernel`; one group).
     """
     pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
@@ -355,40 +361,128 @@ def _norm_bwd_looped_kernel(
             # c1 and c2 (as _coefficients) of the whole rows
             tl.store(C + rows, sum_xg / n_cols, mask=row_mask)
             tl.store(C + n_rows + rows, sum_g / n_cols, mask=row_mask)
-        # pass 2 reads c1, c2 written above, and the partials the previous group wrote, by other
-        # threads of this program
-        tl.debug_barrier()
-        dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-        db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-        for k in tl.range(0, n_chunks * n_group, num_stages=NUM_STAGES):
-            i = first_tile + k % n_group
-            c = (n_chunks - 1 - k // n_group) * BLOCK_N + cols
-            c_mask = c < n_cols
-            rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-                Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-                X_IS_Y, ROWS_PER_TILE, ALIGN,
-            )  # fmt: skip
-            w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-            mask, x_hat, g, dy = _x_hat_and_g(
-                X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
-                HAS_BIAS, X_IS_Y,
-            )  # fmt: skip
-            c1 = tl.load(C + rows, mask=row_mask, other=0.0)
-            c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
-            _store_dx(
-                DX, DH, rows, c, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
-            )
-            if COMPUTE_DW:
-                dw_acc += dy * x_hat
-            if COMPUTE_DB:
-                db_acc += dy
-            if k % n_group == n_group - 1:  # the group's last tile of this chunk
-                _store_partials(
-                    DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc,
-                    first_tile > 0, COMPUTE_DW, COMPUTE_DB,
+        if not STATS_ONLY:
+            # pass 2 reads c1, c2 written above, and the partials the previous group wrote, by other
+            # threads of this program
+            tl.debug_barrier()
+            dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+            db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+            for k in tl.range(0, n_chunks * n_group, num_stages=NUM_STAGES):
+                i = first_tile + k % n_group
+                c = (n_chunks - 1 - k // n_group) * BLOCK_N + cols
+                c_mask = c < n_cols
+                rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+                    Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+                    X_IS_Y, ROWS_PER_TILE, ALIGN,
                 )  # fmt: skip
-                dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-                db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+                w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+                mask, x_hat, g, dy = _x_hat_and_g(
+                    X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
+                    HAS_BIAS, X_IS_Y,
+                )  # fmt: skip
+                c1 = tl.load(C + rows, mask=row_mask, other=0.0)
+                c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
+                _store_dx(
+                    DX, DH, rows, c, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
+                )
+                if COMPUTE_DW:
+                    dw_acc += dy * x_hat
+                if COMPUTE_DB:
+                    db_acc += dy
+                if k % n_group == n_group - 1:  # the group's last tile of this chunk
+                    _store_partials(
+                        DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc,
+                        first_tile > 0, COMPUTE_DW, COMPUTE_DB,
+                    )  # fmt: skip
+                    dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+                    db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+
+
+@triton.jit
+def _norm_bwd_columns_kernel(
+    X,  # (n_rows, n_cols) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
+    DY,  # (n_rows, n_cols) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
+    DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
+    DX,  # (n_rows, n_cols) contiguous out, X's dtype
+    W,  # (n_cols,) weight, or None
+    B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
+    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
+    Rstd,  # (n_rows,) float32
+    DW,  # (n_cols,) out, weight's dtype, or None
+    DB,  # (n_cols,) out, bias's dtype, or None
+    C,  # (2, n_rows) float32: c1 and c2 of each row, from the looped kernel's STATS_ONLY pass
+    n_rows,
+    n_cols,
+    x_d1,
+    x_d2,
+    x_s0,
+    x_s1,
+    x_s2,
+    dy_d1,
+    dy_d2,
+    dy_s0,
+    dy_s1,
+    dy_s2,
+    dh_d1,
+    dh_d2,
+    dh_s0,
+    dh_s1,
+    dh_s2,
+    weight_offset,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
+    HAS_DH: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    ROWS_PER_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """dx, dW and dB of ``BLOCK_N`` columns of every row, math of the module docstring.
+
+    Program ``p`` owns columns ``[p * BLOCK_N, (p + 1) * BLOCK_N)``: it walks all rows in tiles
+    of ``(ROWS_PER_TILE, BLOCK_N)``, first to last, pipelined ``NUM_STAGES`` deep; writes each
+    tile's dx from the rows' c1, c2 (``C``), and sums dW and dB of its columns over every row in
+    float32 registers, in row order, storing them once in W's and B's dtypes (deterministic, and
+    no partial rows: the columns of one program are no other's).
+    """
+    n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
+    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
+    dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
+    dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+    dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+    db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
+    for first_row in tl.range(0, n_rows, ROWS_PER_TILE, num_stages=NUM_STAGES):
+        if INT64_ROWS:  # rows past 2**30: n_rows + row (C's c2) must not wrap (program_id)
+            first_row = tl.cast(first_row, tl.int64)
+        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+            Mean, Rstd, first_row, n_rows, x_layout, dy_layout, IS_RMS, X_IS_Y, ROWS_PER_TILE,
+            ALIGN,
+        )  # fmt: skip
+        mask, x_hat, g, dy = _x_hat_and_g(
+            X, DY, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, w, b, IS_RMS,
+            HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+        )  # fmt: skip
+        c1 = tl.load(C + rows, mask=row_mask, other=0.0)
+        c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
+        _store_dx(
+            DX, DH, rows, cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
+        )
+        if COMPUTE_DW:
+            dw_acc += dy * x_hat
+        if COMPUTE_DB:
+            db_acc += dy
+    if COMPUTE_DW:
+        tl.store(DW + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+    if COMPUTE_DB:
+        tl.store(DB + cols, tl.sum(db_acc, axis=0), mask=col_mask)
 
 
 @triton.jit
@@ -462,6 +556,20 @@ NORM_BWD_LOOPED = Kernel(
     {**_POINTERS, "C": "c_scratch"},
     _ROW_SCALES,
 )
+NORM_BWD_COLUMNS = Kernel(
+    "norm_bwd_columns",
+    _norm_bwd_columns_kernel,
+    "bwd",
+    False,
+    {
+        **{k: v for k, v in _POINTERS.items() if not k.endswith("_partial")},
+        "DW": "dweight",
+        "DB": "dbias",
+        "C": "c_scratch",
+    },
+    _ROW_SCALES,
+    programs_walk_rows=False,
+)
 SUM_PARTIALS = Kernel(
     "sum_partials",
     _sum_partials_kernel,
@@ -471,7 +579,7 @@ SUM_PARTIALS = Kernel(
     ("n_cols",),
     programs_walk_rows=False,
 )
-KERNELS = (NORM_BWD_SINGLE_BLOCK, NORM_BWD_LOOPED, SUM_PARTIALS)
+KERNELS = (NORM_BWD_SINGLE_BLOCK, NORM_BWD_LOOPED, NORM_BWD_COLUMNS, SUM_PARTIALS)
 
 
 def norm_bwd(
@@ -542,9 +650,10 @@ def norm_bwd(
         ),
         partials=(dweight is not None) + (dbias is not None),
     )
+    columns = cfg.columns
     partial = {}
     for name, grad in (("dw", dweight), ("db", dbias)):
-        if grad is not None:
+        if grad is not None and columns is None:
             partial[name] = torch.empty((cfg.grid, n_cols), dtype=torch.float32, device=device)
     layouts = (
         x_layout.d1,
@@ -555,7 +664,7 @@ def norm_bwd(
         *dy_layout.strides,
         *dh_args,
     )
-    constexprs = dict(
+    math_flags = dict(
         IS_RMS=is_rms,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=x_is_y and bias is not None,
@@ -563,9 +672,13 @@ def norm_bwd(
         HAS_DH=dh is not None,
         COMPUTE_DW=dweight is not None,
         COMPUTE_DB=dbias is not None,
+    )
+    align = vector_align(n_cols, x_layout, dy_layout, dh_layout)
+    constexprs = dict(
+        **math_flags,
         ROWS_PER_TILE=cfg.rows_per_tile,
         BLOCK_N=cfg.block_n,
-        ALIGN=vector_align(n_cols, x_layout, dy_layout, dh_layout),
+        ALIGN=align,
         INT64_ROWS=cfg.int64_rows,
         NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
@@ -575,9 +688,15 @@ def norm_bwd(
     mean = None if is_rms or x_is_y else mean
     bias = bias if x_is_y else None
     tensors = (x, dy, dh, dx, weight, bias, mean, rstd, partial.get("dw"), partial.get("db"))
-    # the looped kernel keeps each row's (c1, c2) between its two passes
+    # the looped kernel keeps each row's (c1, c2) between its two passes (or its launches)
     scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)
     kernel = NORM_BWD_SINGLE_BLOCK if cfg.single_block else NORM_BWD_LOOPED
+    if not cfg.single_block:
+        constexprs["STATS_ONLY"] = columns is not None
+    if columns is not None:
+        # the statistics launch reads x and dy only and writes c1, c2 only
+        tensors = (x, dy, None, None, weight, bias, mean, rstd, None, None)
+        constexprs.update(HAS_DH=False, COMPUTE_DW=False, COMPUTE_DB=False)
     with launch_guard(device):
         launch(
             kernel,
@@ -592,6 +711,33 @@ def norm_bwd(
             *(() if cfg.single_block else (cfg.tiles_per_group,)),
             **constexprs,
         )
+        if columns is not None:
+            launch(
+                NORM_BWD_COLUMNS,
+                (columns.grid,),
+                x,
+                dy,
+                dh,
+                dx,
+                weight,
+                bias,
+                mean,
+                rstd,
+                dweight,
+                dbias,
+                *scratch,
+                n_rows,
+                n_cols,
+                *layouts,
+                weight_offset,
+                **math_flags,
+                ROWS_PER_TILE=columns.rows_per_tile,
+                BLOCK_N=columns.block_n,
+                ALIGN=align,
+                INT64_ROWS=columns.int64_rows,
+                NUM_STAGES=columns.num_stages,
+                num_warps=columns.num_warps,
+            )
         if partial:
             red = partial_sum_config(cfg.grid, n_cols)
             launch(

@@ -11,7 +11,7 @@ Roles (:data:`ROLES`) name what a pointer argument holds, in the math of
 add), ``residual``, ``h`` (``x + residual``), ``y``, ``weight``, ``bias``, ``mean``, ``rstd``,
 ``dy``, ``dh`` (gradient of h), ``dx``, ``dw_partial`` / ``db_partial`` (one float32 row per
 backward program), ``c_scratch`` (the looped backward's per-row c1, c2), ``dweight``,
-``dbias``.
+``dbias`` (stored by the partial sum, or by the backward's columns launch).
 
 Importing this module does not import Triton; :data:`KERNELS` (every kernel) does.
 """
@@ -61,7 +61,8 @@ class Kernel:
         row_scales: integer arguments that multiply a row index into an address (strides,
             ``n_cols``): such products must be 64-bit.
         programs_walk_rows: row indices derive from the program id (every kernel but the
-            column-parallel partial sum): int64 when the launch's ``INT64_ROWS`` says so.
+            column-parallel ones, the partial sum and the backward's columns launch, whose
+            programs own columns): int64 when the launch's ``INT64_ROWS`` says so.
     """
 
     name: str

@@ -420,7 +420,18 @@ def compiled_across_targets() -> list[compile_report.KernelReport]:
 def test_every_gpu_family_compiles_without_spills_with_128_bit_tiles(compiled_across_targets):
     reports = [r for r in compiled_across_targets if r.kernel != "sum_partials"]
     assert sorted({r.arch for r in reports}) == sorted(NEW_TARGETS)
-    assert len(reports) == len(ACROSS_TARGETS) * len(NEW_TARGETS)
+    launches = [
+        launch
+        for variant in ACROSS_TARGETS
+        for arch in NEW_TARGETS
+        for launch in compile_report.launches_of(variant, arch)
+        if launch.kernel.name != "sum_partials"
+    ]
+    assert len(reports) == len(launches)
+    # the 65536-column backward is column-parallel where its rows do not fit L2: the 32 MiB of
+    # MI300X / MI355X (as on A100 / H100), not the 96-126 MiB of RTX 5090 / B200
+    columns = {r.arch for r in reports if r.kernel == "norm_bwd_columns"}
+    assert columns == {"gfx942", "gfx950"}
     for r in compiled_across_targets:
         assert not r.error, r
         assert 0 < r.regs and (r.stack, r.local) == (0, 0), r

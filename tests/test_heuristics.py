@@ -315,3 +315,71 @@ def test_looped_backward_fits_its_rows_in_l2_or_says_it_does_not(target, elem_si
     # 16-bit rows of 16384 (A100, H100) and 32768 (B200 also 65536) columns are read once
     if elem_size == 2 and n <= (65536 if target is B200 else 32768):
         assert window <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes
+
+
+@pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("n", (8192, 16384, 32768, 65536, 131072, 262144, 1 << 20))
+@pytest.mark.parametrize("m", (1, 64, 1000, None))
+def test_backward_goes_column_parallel_exactly_where_no_row_fits_l2(target, elem_size, n, m):
+    """The looped backward computes c1, c2 only (one group: its rows are read once) and a
+    column-parallel launch the rest exactly where not one row per program, with its dW/dB
+    partial rows, fits the L2 window; 16-bit rows: from 65536 columns on an A100 / H100 and
+    131072 on a B200 at M x N = 2**26 (the traffic report's widths table)."""
+    m = m or (1 << 26) // n
+    cfg = h.backward_config(m, n, elem_size, target)
+    if cfg.single_block:
+        assert cfg.columns is None
+        return
+    share = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // cfg.grid
+    fits = share >= n * elem_size * 2 + 2 * 4 * n
+    assert (cfg.columns is None) == fits
+    if cfg.columns is not None:
+        assert cfg.tiles_per_group == cfg.tiles_per_program
+        assert cfg.columns == h.columns_config(m, n, elem_size, target, loaded_bytes=2 * elem_size)
+    if elem_size == 2 and m == (1 << 26) // n:
+        assert (cfg.columns is not None) == (n >= (131072 if target is B200 else 65536))
+
+
+@pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("n", (1000, 16384, 65536, 100000, 131072, 262144, 1 << 20, 1 << 22))
+def test_columns_config(target, elem_size, n):
+    """The column-parallel backward: the widest power-of-two blocks (COLUMNS_MIN_BLOCK_N to
+    LOOP_BLOCK_N) that give every SM a program, COLUMNS_TILE_BYTES tiles of BYTES_PER_THREAD
+    per thread, stage buffers of all the programs an SM holds within its shared memory, and
+    nothing but the row indices' width depending on M."""
+    loaded = 2 * elem_size
+    cfg = h.columns_config(16384, n, elem_size, target, loaded_bytes=loaded)
+    assert h.COLUMNS_MIN_BLOCK_N <= cfg.block_n <= h.LOOP_BLOCK_N
+    assert cfg.block_n & (cfg.block_n - 1) == 0
+    assert cfg.grid == h.cdiv(n, cfg.block_n)
+    assert cfg.grid >= target.sm_count or cfg.block_n == h.COLUMNS_MIN_BLOCK_N
+    assert h.cdiv(n, 2 * cfg.block_n) < target.sm_count or cfg.block_n == h.LOOP_BLOCK_N
+    tile = cfg.rows_per_tile * cfg.block_n * elem_size
+    assert tile == max(h.COLUMNS_TILE_BYTES, cfg.block_n * elem_size)
+    assert cfg.num_warps * target.warp_size * h.BYTES_PER_THREAD == tile
+    per_sm = h.cdiv(cfg.grid, target.sm_count)
+    stage = cfg.rows_per_tile * (cfg.block_n * loaded + 16)
+    assert per_sm * (cfg.num_stages - 1) * stage <= h.BWD_SHARED_FRACTION * (
+        target.shared_memory_per_sm
+    )
+    assert cfg.num_stages in (1, 3, 4) and (cfg.num_stages == 1 or target.backend == "cuda")
+    for m in (1, 37, 1 << 20, 1 << 31):
+        other = h.columns_config(m, n, elem_size, target, loaded_bytes=loaded)
+        assert dataclasses.replace(other, int64_rows=False) == cfg
+        assert other.int64_rows == (m > h.MAX_INT32_ROWS)
+
+
+@pytest.mark.parametrize("target, n", [p for p in FWD_CASES if p.values[1] >= 16384])
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+def test_column_parallel_backward_keeps_littles_law_in_flight(target, n, elem_size):
+    """Bytes of x and dy the column-parallel launch keeps in flight per SM (its programs per SM,
+    each S - 1 tiles, or 1 unpipelined) against Little's law, wherever the backward uses it."""
+    needed, factor, _ = LITTLE[target]
+    cfg = h.backward_config((1 << 26) // n, n, elem_size, target).columns
+    if cfg is None:
+        return
+    tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2
+    per_sm = tile * max(1, cfg.num_stages - 1) * min(1, cfg.grid / target.sm_count)
+    assert per_sm >= factor * needed

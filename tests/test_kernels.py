@@ -322,6 +322,74 @@ def test_looped_backward_walks_rows_in_groups(tiles_per_group, num_stages):
     assert torch.equal(got[4], one_group[4])
 
 
+def _columns_config(
+    rows: int, n: int, block_n: int, rows_per_tile: int = 4, num_stages: int = 1, **kwargs
+) -> kernels.NormConfig:
+    """A backward config whose looped launch computes c1, c2 only (64-column chunks, 2 tiles of
+    2 rows per program) and whose column-parallel launch computes dx, dW, dB."""
+    columns = kernels.ColumnsConfig(
+        block_n, rows_per_tile, 4, math.ceil(n / block_n), num_stages=num_stages, **kwargs
+    )
+    looped = _looped_config(rows, 64)
+    return dataclasses.replace(looped, tiles_per_group=looped.tiles_per_program, columns=columns)
+
+
+@pytest.mark.parametrize("num_stages", (1, 3))
+@pytest.mark.parametrize("block_n,rows_per_tile", ((64, 4), (128, 1)))
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_column_parallel_backward(dtype, block_n, rows_per_tile, num_stages):
+    """The two-launch backward of rows too wide for L2 (c1, c2 by rows, then dx, dW, dB by
+    blocks of columns over every row): the float64 oracle's gradients, a ragged last block of
+    columns and tile of rows included, dx bitwise that of the two-pass looped kernel, and
+    bitwise-equal gradients run to run."""
+    x, dy = make_input((11, 200), dtype, offset=3.0), make_input((11, 200), dtype)
+    weight, bias = make_input(200, dtype), make_input(200, dtype)
+    cfg = _columns_config(11, 200, block_n, rows_per_tile, num_stages)
+    got = _run(x, weight, bias, dy, bwd_config=cfg)
+    _check(got, _expected(x, weight, bias, dy), 11)
+    looped = _run(x, weight, bias, dy, bwd_config=dataclasses.replace(cfg, columns=None))
+    assert torch.equal(got[4], looped[4])
+    again = _run(x, weight, bias, dy, bwd_config=cfg)
+    for a, b in zip(got, again, strict=True):
+        assert a is None or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("is_rms,affine", AFFINE_VARIANTS)
+def test_column_parallel_backward_affine_variants(is_rms, affine):
+    """Every subset of weight and bias (each gradient computed only when wanted), with a fused
+    residual's dh added to dx."""
+    x, dy, dh = (make_input((9, 200), torch.float32) for _ in range(3))
+    weight = make_input(200, torch.float32) if "weight" in affine else None
+    bias = make_input(200, torch.float32) if "bias" in affine else None
+    got = _run(x, weight, bias, dy, is_rms=is_rms, dh=dh, bwd_config=_columns_config(9, 200, 64))
+    assert (got[5] is None) == (weight is None) and (got[6] is None) == (bias is None)
+    _check(got, _expected(x, weight, bias, dy, is_rms=is_rms, dh=dh), 9)
+
+
+@pytest.mark.parametrize("is_rms", (False, True), ids=("LN", "RMS"))
+def test_column_parallel_backward_from_y(is_rms):
+    """The memory-efficient backward (x_hat recomputed from the saved y) on the column-parallel
+    path: the gradients of x, and dx bitwise that of the looped kernel from y."""
+    x, dy = make_input((9, 200), torch.float32), make_input((9, 200), torch.float32)
+    weight = make_input(200, torch.float32, offset=3.0)
+    bias = None if is_rms else make_input(200, torch.float32)
+    y, _, mean, rstd = kernels.norm_fwd(
+        x, None, weight, bias, n_norm_dims=1, eps=1e-5, is_rms=is_rms
+    )
+    grads = {}
+    for name, cfg in (("columns", _columns_config(9, 200, 64)), ("looped", _looped_config(9, 64))):
+        grads[name] = kernels.norm_bwd(
+            dy, y, weight, mean, rstd, n_norm_dims=1, is_rms=is_rms, bias=bias, x_is_y=True,
+            dweight_dtype=torch.float32, dbias_dtype=None if bias is None else torch.float32,
+            config=cfg,
+        )  # fmt: skip
+    want = _expected(x, weight, bias, dy, is_rms=is_rms)
+    for got, expected, reduction in zip(grads["columns"], want[4:], (1, 9, 9), strict=True):
+        if got is not None:
+            assert_close(got.cpu(), expected, reduction=reduction)
+    assert torch.equal(grads["columns"][0], grads["looped"][0])
+
+
 @pytest.mark.parametrize("single_block", (True, False), ids=("single_block", "looped"))
 def test_int64_row_indices(single_block):
     """The kernels as launched past 2**30 rows (int64 row indices) give bitwise the results of
@@ -338,6 +406,18 @@ def test_int64_row_indices(single_block):
     want = _run(x, weight, bias, dy, fwd_config=cfg, bwd_config=cfg, **kwargs)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
+    if not single_block:  # and the column-parallel backward's row indices
+        columns = _columns_config(9, 200, 64)
+        wide_columns = dataclasses.replace(
+            columns,
+            int64_rows=True,
+            columns=dataclasses.replace(columns.columns, int64_rows=True),
+        )
+        grads = [
+            _run(x, weight, bias, dy, bwd_config=c, **kwargs)[4:] for c in (wide_columns, columns)
+        ]
+        for a, b in zip(*grads, strict=True):
+            assert torch.equal(a, b)
     oracle = _expected(got[1].cpu(), weight, bias, dy, dh=dy)
     _check(got[:1] + (None,) + got[2:], oracle, 9)
 
@@ -484,6 +564,7 @@ def test_every_launch_goes_through_the_registry_with_a_role_per_tensor():
         for cfg in (None, _looped_config(9, 64)):
             _run(x, weight, bias, dy, residual=dy, dh=dy, fwd_config=cfg, bwd_config=cfg)
             _run(x, weight, None, dy, is_rms=True, fwd_config=cfg, bwd_config=cfg)
+        _run(x, weight, bias, dy, dh=dy, bwd_config=_columns_config(9, 200, 64))
     assert {launch.kernel.name for launch in launches} == {k.name for k in registry.KERNELS}
     for launch in launches:
         tensors = {n for n, a in launch.named_args().items() if isinstance(a, torch.Tensor)}

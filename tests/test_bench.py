@@ -202,12 +202,13 @@ def test_looped_backward_re_reads_a_row_group_from_l2(interpreted, tiles_per_gro
 def test_real_looped_backward_configs_through_the_l2_model(interpreted):
     """The heuristics' own looped backward on an H100, one traced program replayed through its
     L2 share: at 16384 bf16 columns (groups of one row) x and dy come from DRAM once; at 65536
-    (no row group fits: the program's rows are one group) most of the second walk does not, as
-    the widths table reports."""
+    (no row group fits: c1/c2 over the program's rows as one group, then the column-parallel
+    launch) the second read does not, as the widths table reports."""
     fits = traffic.window_check("bwd", traffic.Case(4096, 16384, torch.bfloat16), H100)
     assert fits.config.tiles_per_group == 1 and fits.reads <= 1.01, fits.reads
     spills = traffic.window_check("bwd", traffic.Case(1024, 65536, torch.bfloat16), H100)
     assert spills.config.tiles_per_group == spills.config.tiles_per_program
+    assert spills.config.columns is not None
     assert spills.reads >= 1.5, spills.reads
 
 

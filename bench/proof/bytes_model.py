@@ -98,9 +98,11 @@ def bytes_moved(
             weight read                       N*w_es
             mean read (LayerNorm), rstd read  M*4 each
             dx write                          M*N*x_es
-            dW/dB partials write + read       grid*N*4 each, twice (written, summed)
+            dW/dB partials write + read       grid*N*4 each, twice (written, summed; not
+                                              when column-parallel)
             dW/dB write                       N*w_es each
-            x, dy re-read, pass 2             M*N*(x_es + es) (looped rows only)
+            x, dy re-read, pass 2             M*N*(x_es + es) (looped rows only; always
+                                              when column-parallel: its second launch)
             c1/c2 scratch write + read        2*M*4, twice (looped rows only)
     """
     w_es = weight_elem_size or elem_size
@@ -139,7 +141,8 @@ def bytes_moved(
         column_bytes=w_es if has_weight else 0,
         partials=has_weight + has_bias,
     )
-    partials = cfg.grid * n_cols * FLOAT32
+    # the column-parallel backward (cfg.columns) sums dW/dB in registers: no partials
+    partials = 0 if cfg.columns else cfg.grid * n_cols * FLOAT32
     terms["x read"] = tile * x_es
     terms["dy read"] = tile * elem_size
     if fused_residual:
@@ -152,10 +155,11 @@ def bytes_moved(
     terms["dB partials write+read"] = 2 * partials if has_bias else 0
     terms["dW/dB write"] = n_cols * w_es * (has_weight + has_bias)
     if not cfg.single_block:
+        # pass 1 reads x and dy; dh is read once, by pass 2 (or the column-parallel launch)
         row = n_cols * (x_es + elem_size + fused_residual * h_es)
         window = l2_window(cfg, row, n_cols * FLOAT32 * (has_weight + has_bias))
-        if window > target.l2_bytes:
-            terms["pass-2 re-read"] = tile * (x_es + elem_size + fused_residual * h_es)
+        if cfg.columns or window > target.l2_bytes:
+            terms["pass-2 re-read"] = tile * (x_es + elem_size)
         terms["c1/c2 scratch"] = 2 * 2 * stats
     minimum = terms["x read"] + terms["dy read"] + terms["dx write"]
     if fused_residual:

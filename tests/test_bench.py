@@ -157,6 +157,48 @@ def test_every_op_is_exactly_its_triton_launches(
     assert not bwd.eager, bwd.eager
 
 
+@pytest.mark.parametrize("is_rms, x_grad, weight_grad, bias_grad", GRAD_SUBSETS)
+def test_column_parallel_backward_is_two_launches_and_no_eager_kernel(
+    interpreted, monkeypatch, is_rms, x_grad, weight_grad, bias_grad
+):
+    """Rows too wide for L2 (here a GPU whose L2 is 64 KiB): the backward is the c1/c2 launch
+    and the column-parallel launch, nothing else, for every requires_grad subset; its gradients
+    are the float64 reference's."""
+    import importlib
+
+    import layernorm_gpu as lg
+    from helpers import assert_close
+
+    launcher = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
+    monkeypatch.setattr(launcher, "device_target", lambda device: Target(l2_bytes=64 * 1024))
+    n = 8200  # past the single-block backward
+    x = torch.randn(6, n).to(torch.bfloat16).requires_grad_(x_grad)
+    weight = torch.randn(n).to(torch.bfloat16).requires_grad_(weight_grad)
+    bias = None if is_rms else torch.randn(n).to(torch.bfloat16).requires_grad_(bias_grad)
+    inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+
+    def norm(x, weight, bias, backend):
+        if is_rms:
+            return lg.rms_norm(x, (n,), weight, backend=backend)
+        return lg.layer_norm(x, (n,), weight, bias, backend=backend)
+
+    out = []
+    trace.trace(lambda: out.append(norm(x, weight, bias, "triton")))
+    dy = torch.randn_like(out[0])
+    bwd = trace.trace(lambda: out.append(torch.autograd.grad(out[0], inputs, dy)))
+    assert [lc.kernel for lc in bwd.launches] == ["norm_bwd_looped", "norm_bwd_columns"]
+    assert not bwd.eager, bwd.eager
+    f64 = [
+        None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+        for t in (x, weight, bias)
+    ]
+    want = torch.autograd.grad(
+        norm(*f64, "reference"), [t for t in f64 if t is not None and t.requires_grad], dy.double()
+    )
+    for got, expected in zip(out[1], want, strict=True):
+        assert_close(got, expected, reduction=1 if got.dim() == 2 else 6)
+
+
 def test_l2_model_serves_a_re_read_only_within_its_capacity():
     """Sectors a (10) then b (10) then a again: a 20-sector LRU cache serves the re-read of a,
     a 15-sector one evicted a's sectors before it came back."""

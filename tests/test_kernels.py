@@ -366,6 +366,17 @@ def test_column_parallel_backward_affine_variants(is_rms, affine):
     _check(got, _expected(x, weight, bias, dy, is_rms=is_rms, dh=dh), 9)
 
 
+def test_column_parallel_backward_of_strided_rows():
+    """Rows addressed in place on the column-parallel path: x with transposed leading dims, dy
+    a broadcast row (stride 0), dh every other row of a larger tensor."""
+    x = make_input((6, 4, 80), torch.float32).transpose(0, 1)
+    dy = make_input((1, 1, 80), torch.float32).expand(4, 6, 80)
+    dh = make_input((8, 6, 80), torch.float32)[::2]
+    weight, bias = make_input(80, torch.float32), make_input(80, torch.float32)
+    got = _run(x, weight, bias, dy, dh=dh, bwd_config=_columns_config(24, 80, 64))
+    _check(got, _expected(x, weight, bias, dy, dh=dh), 24)
+
+
 @pytest.mark.parametrize("is_rms", (False, True), ids=("LN", "RMS"))
 def test_column_parallel_backward_from_y(is_rms):
     """The memory-efficient backward (x_hat recomputed from the saved y) on the column-parallel

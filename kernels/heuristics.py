@@ -124,22 +124,26 @@ BWD_MIN_SM_FRACTION = 0.5
 # re-reads them from DRAM, as reported by the traffic report's L2-window check).
 BWD_L2_WINDOW_FRACTION = 0.6
 # Where not even that fits (a row of x and dy plus a float32 dW and dB partial row per program:
-# from 65536 16-bit columns on an A100 / H100, 131072 on a B200), pass 2 would re-read x and dy
-# from DRAM, and the per-program partial rows would only add to it (2 x grid x N x 8 bytes,
-# +33% of the minimum at 1024 x 65536 bf16 on an H100, +133% at 256 x 262144). The backward
-# then splits the other way: the looped kernel computes each row's c1, c2 only (reading x and
-# dy once), and a column-parallel launch walks every row over a block of columns per program
-# (dx, and dW / dB summed in registers and stored once: no partials, no partial sum). x and dy
-# are still read twice (the one cost left, 1.67x the minimum in 16-bit), which clusters of SMs
-# sharing a row on chip would remove (not expressible in Triton's language).
+# for powers of two, from 65536 16-bit columns on an A100 / H100 and 131072 on a B200; from
+# about 40K columns at M = 16384 on an H100), pass 2 would re-read x and dy from DRAM, and the
+# per-program partial rows would only add to it (2 x grid x N x 8 bytes, +33% of the minimum at
+# 1024 x 65536 bf16 on an H100, +133% at 256 x 262144). The backward then splits the other way:
+# the looped kernel computes each row's c1, c2 only (reading x and dy once), and a
+# column-parallel launch walks every row over a block of columns per program (dx, and dW / dB
+# summed in registers and stored once: no partials, no partial sum). x and dy are still read
+# twice (the one cost left, 1.67x the minimum in 16-bit), which clusters of SMs sharing a row on
+# chip would remove (not expressible in Triton's language).
 # Its blocks are the widest power of two up to LOOP_BLOCK_N that gives every SM a program (a
 # program walks all M rows, so fewer programs than SMs would idle the rest), and at least
-# COLUMNS_MIN_BLOCK_N: 64 columns are one 128-byte line per 16-bit row, the narrowest access
-# that wastes no DRAM sector. Tiles hold COLUMNS_TILE_BYTES of each row tensor (16-bit: 4 rows
-# of 1024 columns, 64 rows of 64), BYTES_PER_THREAD per thread: 256 threads, so that two
-# programs fit an SM's registers at up to 128 per thread where there are more programs than
-# SMs (512 float32 threads needed 74-82 registers on sm_90: one program per SM, two waves).
-COLUMNS_MIN_BLOCK_N = 64
+# COLUMNS_MIN_BLOCK_BYTES per row: one 128-byte line, the narrowest access that wastes no DRAM
+# sector (64 16-bit or 32 float32 columns). Where even those blocks leave SMs without a program
+# (rows under 128 bytes x SMs: 19456 16-bit columns on an MI300X, whose 32 MiB L2 sends rows
+# from about 11K columns here), the looped backward stays. Tiles hold COLUMNS_TILE_BYTES of
+# each row tensor (16-bit: 4 rows of 1024 columns, 64 rows of 64), BYTES_PER_THREAD per
+# thread: 256 threads, so that two programs fit an SM's registers at up to 128 per thread where
+# there are more programs than SMs (4096-element float32 tiles on 512 threads needed 74-82
+# registers on sm_90: one program per SM, two waves).
+COLUMNS_MIN_BLOCK_BYTES = 128
 COLUMNS_TILE_BYTES = 8 * 1024
 
 
@@ -277,7 +281,7 @@ class NormConfig:
     loop is pipelined ``num_stages`` deep (the looped forward: its first pass); the looped backward
     walks its tiles in groups of ``tiles_per_group``. A looped backward with ``columns`` only
     computes each row's c1, c2 (its first pass); the launch ``columns`` describes then computes
-    dx, dW and dB (see COLUMNS_MIN_BLOCK_N).
+    dx, dW and dB (see COLUMNS_MIN_BLOCK_BYTES).
     """
 
     block_n: int
@@ -450,6 +454,8 @@ def backward_config(
         if group == 0:
             group = tiles
             columns = columns_config(n_rows, n_cols, elem_size, target, loaded_bytes=loaded_bytes)
+            if columns.grid < target.sm_count:  # rows too narrow to give every SM a block
+                columns = None
     return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group, columns)
 
 
@@ -496,29 +502,33 @@ def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target
 def columns_config(
     n_rows: int, n_cols: int, elem_size: int, target: Target = H100, *, loaded_bytes: int
 ) -> ColumnsConfig:
-    """The backward's column-parallel launch (see COLUMNS_MIN_BLOCK_N): ``block_n`` columns
-    per program, every row; ``loaded_bytes`` as in :func:`backward_config` (the tile's row
-    tensors). Everything but ``int64_rows`` depends on N, the dtypes and the target only.
+    """The backward's column-parallel launch (see COLUMNS_MIN_BLOCK_BYTES): ``block_n``
+    columns per program, every row; ``loaded_bytes`` as in :func:`backward_config` (the tile's
+    row tensors). Everything but ``int64_rows`` depends on N, the dtypes and the target only.
 
-    The programs of an SM (``grid / sm_count``, rounded up: 1 or 2 but for rows wider than
-    sm_count x LOOP_BLOCK_N) share its shared memory, and their pipelines keep
-    BWD_MAX_STAGES - 1 tiles each in flight (16 KiB tiles of x and dy in 16-bit: 48 KiB per
-    program, 2.8x an H100's Little's law with one program per SM).
+    The programs an SM holds (``grid / sm_count``, rounded up, at most as many as its registers
+    and threads allow at REGISTERS_PER_THREAD: 2 in 16-bit) share its shared memory, and their
+    pipelines keep BWD_MAX_STAGES - 1 tiles each in flight (16 KiB tiles of x and dy in 16-bit:
+    48 KiB per program, 2.8x an H100's Little's law with one program per SM).
     """
     elem_size = 4 if elem_size >= 4 else 2
     block_n = LOOP_BLOCK_N
-    while block_n > COLUMNS_MIN_BLOCK_N and cdiv(n_cols, block_n) < target.sm_count:
+    narrowest = COLUMNS_MIN_BLOCK_BYTES // elem_size
+    while block_n > narrowest and cdiv(n_cols, block_n) < target.sm_count:
         block_n //= 2
     rows = max(1, COLUMNS_TILE_BYTES // elem_size // block_n)
     threads = next_power_of_2(rows * block_n * elem_size // BYTES_PER_THREAD)
     threads = min(_max_threads(elem_size, target), threads)
     grid = cdiv(n_cols, block_n)
+    resident = min(
+        target.registers_per_sm // (threads * REGISTERS_PER_THREAD[elem_size]),
+        target.max_threads_per_sm // threads,
+    )
+    per_sm = max(1, min(cdiv(grid, target.sm_count), resident))
     # every load of the tile loop is staged: the tile's rows and a few per-row floats (rstd,
     # mean, c1, c2); weight and bias are loaded once, before the loop
     stage_bytes = rows * (block_n * loaded_bytes + 16)
-    stages = backward_stages(
-        stage_bytes, target, BWD_MAX_STAGES, programs_per_sm=cdiv(grid, target.sm_count)
-    )
+    stages = backward_stages(stage_bytes, target, BWD_MAX_STAGES, programs_per_sm=per_sm)
     int64_rows = cdiv(n_rows, rows) * rows > MAX_INT32_ROWS
     return ColumnsConfig(
         block_n, rows, max(1, threads // target.warp_size), grid, int64_rows, stages

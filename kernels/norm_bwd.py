@@ -19,7 +19,7 @@ rows small enough for the second walk to be served by L2 (:func:`_norm_bwd_loope
 Where not one row per program fits in L2, the looped kernel computes c1, c2 only and
 :func:`_norm_bwd_columns_kernel` computes dx, dW and dB over blocks of columns of every row:
 dW and dB are summed in registers and stored once, with no partials (heuristics'
-COLUMNS_MIN_BLOCK_N).
+COLUMNS_MIN_BLOCK_BYTES).
 Both kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
 asynchronous copies of the next tiles while one is reduced) to keep enough bytes in flight.
 """
@@ -447,20 +447,22 @@ def _norm_bwd_columns_kernel(
     Program ``p`` owns columns ``[p * BLOCK_N, (p + 1) * BLOCK_N)``: it walks all rows in tiles
     of ``(ROWS_PER_TILE, BLOCK_N)``, first to last, pipelined ``NUM_STAGES`` deep; writes each
     tile's dx from the rows' c1, c2 (``C``), and sums dW and dB of its columns over every row in
-    float32 registers, in row order, storing them once in W's and B's dtypes (deterministic, and
-    no partial rows: the columns of one program are no other's).
+    float32 registers (each of the tile's row lanes in row order, then the lanes in a fixed
+    tree), storing them once in W's and B's dtypes (deterministic, and no partial rows: the
+    columns of one program are no other's).
     """
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
     dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64: a row wider than 2**31 elements must not wrap its last programs' columns
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
     dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     for first_row in tl.range(0, n_rows, ROWS_PER_TILE, num_stages=NUM_STAGES):
-        if INT64_ROWS:  # rows past 2**30: n_rows + row (C's c2) must not wrap (program_id)
+        if INT64_ROWS:  # the last tile's rows (first_row + ROWS_PER_TILE - 1) must not wrap
             first_row = tl.cast(first_row, tl.int64)
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
             Mean, Rstd, first_row, n_rows, x_layout, dy_layout, IS_RMS, X_IS_Y, ROWS_PER_TILE,
@@ -651,6 +653,11 @@ def norm_bwd(
         partials=(dweight is not None) + (dbias is not None),
     )
     columns = cfg.columns
+    if columns is not None and (cfg.single_block or columns.grid * columns.block_n < n_cols):
+        raise ValueError(
+            "config.columns needs a looped config (single_block=False) and a grid of "
+            f"columns.grid * columns.block_n >= n_cols ({n_cols}), got {cfg}"
+        )
     partial = {}
     for name, grad in (("dw", dweight), ("db", dbias)):
         if grad is not None and columns is None:
@@ -689,7 +696,9 @@ def norm_bwd(
     bias = bias if x_is_y else None
     tensors = (x, dy, dh, dx, weight, bias, mean, rstd, partial.get("dw"), partial.get("db"))
     # the looped kernel keeps each row's (c1, c2) between its two passes (or its launches)
-    scratch = () if cfg.single_block else (torch.empty(2 * n_rows, device=device),)
+    scratch = ()
+    if not cfg.single_block:
+        scratch = (torch.empty(2 * n_rows, dtype=torch.float32, device=device),)
     kernel = NORM_BWD_SINGLE_BLOCK if cfg.single_block else NORM_BWD_LOOPED
     if not cfg.single_block:
         constexprs["STATS_ONLY"] = columns is not None

@@ -170,7 +170,9 @@ def test_column_parallel_backward_is_two_launches_and_no_eager_kernel(
     from helpers import assert_close
 
     launcher = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
-    monkeypatch.setattr(launcher, "device_target", lambda device: Target(l2_bytes=64 * 1024))
+    monkeypatch.setattr(
+        launcher, "device_target", lambda device: Target(sm_count=8, l2_bytes=2**16)
+    )
     n = 8200  # past the single-block backward
     x = torch.randn(6, n).to(torch.bfloat16).requires_grad_(x_grad)
     weight = torch.randn(n).to(torch.bfloat16).requires_grad_(weight_grad)
@@ -446,6 +448,34 @@ def test_32_bit_row_indices_fail_the_64_bit_check(counter_examples):
     assert narrow["int64"] == []
 
 
+COLUMN_ROWS = """
+import dataclasses, json, warnings
+from bench.proof import compile_report, triton_private
+from bench.proof.ttir import narrow_program_id_ops
+
+warnings.simplefilter("ignore", UserWarning)
+variant = compile_report.Variant("bwd", "float32", 65536, is_rms=True, n_rows=2**30 + 5)
+launch = [l for l in compile_report.launches_of(variant, 90) if l.kernel.name == "norm_bwd_columns"]
+narrow = {}
+for wide in (True, False):
+    kwargs = {**launch[0].kwargs, "INT64_ROWS": wide}
+    src, options, _ = triton_private.specialise(launch[0].kernel.fn, launch[0].args, kwargs, 90)
+    ttir = triton_private.compile_for(src, 90, options)["ttir"]
+    narrow[wide] = narrow_program_id_ops(ttir, "n_rows")
+chosen = launch[0].kwargs["INT64_ROWS"]
+print(json.dumps({"int64": narrow[True], "int32": narrow[False], "chosen": chosen}))
+"""
+
+
+def test_column_parallel_backward_forms_row_indices_in_64_bit_past_2_30_rows():
+    """The column-parallel backward's rows come from its loop over every row, not the program
+    id: past MAX_INT32_ROWS its launch is int64 and the TTIR check, followed from that loop,
+    finds no 32-bit op on a row index; forced int32, it names the wrapping add."""
+    found = _compiled(COLUMN_ROWS)
+    assert found["chosen"] is True and found["int64"] == []
+    assert any("arith.addi" in op and "i32" in op for op in found["int32"]), found
+
+
 # Every other GPU family: the widest 16-bit single block (most registers per thread) and a
 # looped backward (on 64-wide waves these issued 64-bit loads before warps followed threads).
 NEW_TARGETS = ("sm_100", "sm_120", "gfx942", "gfx950")
@@ -471,8 +501,9 @@ def test_every_gpu_family_compiles_without_spills_with_128_bit_tiles(compiled_ac
         if launch.kernel.name != "sum_partials"
     ]
     assert len(reports) == len(launches)
-    # the 65536-column backward is column-parallel where its rows do not fit L2: the 32 MiB of
-    # MI300X / MI355X (as on A100 / H100), not the 96-126 MiB of RTX 5090 / B200
+    # this RMSNorm backward (16384 x 65536) is column-parallel where its rows do not fit L2:
+    # the 32 MiB of MI300X / MI355X (as on A100 / H100), not the 96-126 MiB of RTX 5090 / B200
+    # (on an RTX 5090 the LayerNorm one, with two partial rows per program, does not fit)
     columns = {r.arch for r in reports if r.kernel == "norm_bwd_columns"}
     assert columns == {"gfx942", "gfx950"}
     for r in compiled_across_targets:

@@ -333,7 +333,7 @@ def test_backward_goes_column_parallel_exactly_where_no_row_fits_l2(target, elem
         return
     share = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // cfg.grid
     fits = share >= n * elem_size * 2 + 2 * 4 * n
-    assert (cfg.columns is None) == fits
+    assert (cfg.columns is None) == fits  # these targets' SMs all get a block of columns
     if cfg.columns is not None:
         assert cfg.tiles_per_group == cfg.tiles_per_program
         assert cfg.columns == h.columns_config(m, n, elem_size, target, loaded_bytes=2 * elem_size)
@@ -345,21 +345,26 @@ def test_backward_goes_column_parallel_exactly_where_no_row_fits_l2(target, elem
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 @pytest.mark.parametrize("n", (1000, 16384, 65536, 100000, 131072, 262144, 1 << 20, 1 << 22))
 def test_columns_config(target, elem_size, n):
-    """The column-parallel backward: the widest power-of-two blocks (COLUMNS_MIN_BLOCK_N to
-    LOOP_BLOCK_N) that give every SM a program, COLUMNS_TILE_BYTES tiles of BYTES_PER_THREAD
-    per thread, stage buffers of all the programs an SM holds within its shared memory, and
-    nothing but the row indices' width depending on M."""
+    """The column-parallel backward: the widest power-of-two blocks (one 128-byte line per row
+    to LOOP_BLOCK_N) that give every SM a program, COLUMNS_TILE_BYTES tiles of BYTES_PER_THREAD
+    per thread, stage buffers of all the programs an SM holds (as many as its registers allow,
+    at most) within its shared memory, and nothing but the row indices' width depending on M."""
     loaded = 2 * elem_size
     cfg = h.columns_config(16384, n, elem_size, target, loaded_bytes=loaded)
-    assert h.COLUMNS_MIN_BLOCK_N <= cfg.block_n <= h.LOOP_BLOCK_N
+    narrowest = h.COLUMNS_MIN_BLOCK_BYTES // elem_size
+    assert narrowest <= cfg.block_n <= h.LOOP_BLOCK_N
     assert cfg.block_n & (cfg.block_n - 1) == 0
     assert cfg.grid == h.cdiv(n, cfg.block_n)
-    assert cfg.grid >= target.sm_count or cfg.block_n == h.COLUMNS_MIN_BLOCK_N
+    assert cfg.grid >= target.sm_count or cfg.block_n == narrowest
     assert h.cdiv(n, 2 * cfg.block_n) < target.sm_count or cfg.block_n == h.LOOP_BLOCK_N
     tile = cfg.rows_per_tile * cfg.block_n * elem_size
     assert tile == max(h.COLUMNS_TILE_BYTES, cfg.block_n * elem_size)
-    assert cfg.num_warps * target.warp_size * h.BYTES_PER_THREAD == tile
-    per_sm = h.cdiv(cfg.grid, target.sm_count)
+    threads = cfg.num_warps * target.warp_size
+    assert threads * h.BYTES_PER_THREAD == tile
+    by_registers = target.registers_per_sm // (threads * h.REGISTERS_PER_THREAD[elem_size])
+    per_sm = min(h.cdiv(cfg.grid, target.sm_count), by_registers)
+    if target.backend == "cuda" and elem_size == 2 and tile == h.COLUMNS_TILE_BYTES:
+        assert by_registers == 2  # 256 threads at 128 registers: two programs per SM
     stage = cfg.rows_per_tile * (cfg.block_n * loaded + 16)
     assert per_sm * (cfg.num_stages - 1) * stage <= h.BWD_SHARED_FRACTION * (
         target.shared_memory_per_sm
@@ -371,13 +376,34 @@ def test_columns_config(target, elem_size, n):
         assert other.int64_rows == (m > h.MAX_INT32_ROWS)
 
 
-@pytest.mark.parametrize("target, n", [p for p in FWD_CASES if p.values[1] >= 16384])
+@pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("n", (8448, 11264, 16384, 19456, 32768, 65536))
+def test_backward_stays_looped_where_column_blocks_would_idle_sms(target, elem_size, n):
+    """Column-parallel only where every SM gets a block of columns: on an MI300X (32 MiB of L2,
+    304 CUs) rows from about 11K columns do not fit the looped backward's L2 window, but under
+    128 bytes x 304 columns the blocks would leave CUs idle, and the looped backward stays."""
+    cfg = h.backward_config(16384, n, elem_size, target)
+    if cfg.columns is not None:
+        assert cfg.columns.grid >= target.sm_count
+    elif not cfg.single_block:
+        narrowest = h.COLUMNS_MIN_BLOCK_BYTES // elem_size
+        share = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // cfg.grid
+        fits = share >= n * elem_size * 2 + 2 * 4 * n
+        assert fits or h.cdiv(n, narrowest) < target.sm_count
+    if target is h.MI300X and elem_size == 2:
+        assert (cfg.columns is not None) == (n >= 19456)
+
+
+@pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
+@pytest.mark.parametrize("n", (16384, 32768, 65536, 131072, 262144, 1 << 20, 1 << 22))
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 def test_column_parallel_backward_keeps_littles_law_in_flight(target, n, elem_size):
-    """Bytes of x and dy the column-parallel launch keeps in flight per SM (its programs per SM,
-    each S - 1 tiles, or 1 unpipelined) against Little's law, wherever the backward uses it."""
+    """Bytes of x and dy the column-parallel launch keeps in flight per SM (one program per SM
+    counted, each S - 1 tiles, or 1 unpipelined) against Little's law, wherever the backward
+    uses it (M x N = 2**26), the widest rows included."""
     needed, factor, _ = LITTLE[target]
-    cfg = h.backward_config((1 << 26) // n, n, elem_size, target).columns
+    cfg = h.backward_config(max(1, (1 << 26) // n), n, elem_size, target).columns
     if cfg is None:
         return
     tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2

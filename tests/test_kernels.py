@@ -7,6 +7,7 @@ dW/dB partial row) the kernels fail to write fails the comparison.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import subprocess
@@ -21,6 +22,7 @@ from layernorm_gpu.dtypes import h_dtype as h_dtype_of
 from layernorm_gpu.kernels import registry
 from layernorm_gpu.kernels.rows import row_layout, vector_align
 
+BF16, FP32 = torch.bfloat16, torch.float32
 # ragged widths, powers of two +- 1, a width of 1, and one above the 4096-wide tile
 WIDTHS = (1, 3, 127, 769, 1023, 1500, 4097)
 # a single row, and a row count that is not a multiple of any tile
@@ -375,6 +377,124 @@ def test_column_parallel_backward_of_strided_rows():
     weight, bias = make_input(80, torch.float32), make_input(80, torch.float32)
     got = _run(x, weight, bias, dy, dh=dh, bwd_config=_columns_config(24, 80, 64))
     _check(got, _expected(x, weight, bias, dy, dh=dh), 24)
+
+
+# (x, dy, weight dtype, dx dtype, is_rms, weight_offset, dh, rows, n): the column-parallel path
+# on mixed dtypes, Gemma's weight offset, a single row, and an odd width (ALIGN 1)
+COLUMN_CASES = {
+    "bf16 x, fp32 weight": (BF16, BF16, FP32, None, False, 0.0, False, 11, 200),
+    "fp32 dy of bf16 x": (BF16, FP32, BF16, None, False, 0.0, False, 11, 200),
+    "fp32 dx of bf16 x": (BF16, BF16, BF16, FP32, False, 0.0, False, 11, 200),
+    "RMS, weight offset": (FP32, FP32, FP32, None, True, 1.0, False, 11, 200),
+    "LN, weight offset, dh": (FP32, FP32, FP32, None, False, 1.0, True, 11, 200),
+    "one row": (FP32, FP32, FP32, None, False, 0.0, True, 1, 200),
+    "odd width": (torch.float16, torch.float16, torch.float16, None, False, 0.0, True, 7, 199),
+}
+
+
+@pytest.mark.parametrize("case", list(COLUMN_CASES))
+def test_column_parallel_backward_dtypes_offsets_and_widths(case):
+    """dx bitwise the looped kernel's, dx, dW, dB the float64 oracle's, in their dtypes."""
+    x_dtype, dy_dtype, w_dtype, dx_dtype, is_rms, offset, has_dh, rows, n = COLUMN_CASES[case]
+    x, dy = make_input((rows, n), x_dtype, offset=2.0), make_input((rows, n), dy_dtype)
+    dh = make_input((rows, n), x_dtype) if has_dh else None
+    weight = make_input(n, w_dtype)
+    bias = None if is_rms else make_input(n, w_dtype)
+    _, _, mean, rstd = kernels.norm_fwd(
+        x, None, weight, bias, n_norm_dims=1, eps=1e-5, is_rms=is_rms, weight_offset=offset
+    )
+    kwargs = dict(
+        n_norm_dims=1, is_rms=is_rms, weight_offset=offset, dweight_dtype=w_dtype,
+        dbias_dtype=None if bias is None else w_dtype, dx_dtype=dx_dtype,
+    )  # fmt: skip
+    got = kernels.norm_bwd(
+        dy, x, weight, mean, rstd, dh, config=_columns_config(rows, n, 64), **kwargs
+    )
+    looped = kernels.norm_bwd(
+        dy, x, weight, mean, rstd, dh, config=_looped_config(rows, 64), **kwargs
+    )
+    assert torch.equal(got[0], looped[0]) and got[0].dtype == (dx_dtype or x_dtype)
+    want = _expected(x, weight, bias, dy, is_rms=is_rms, dh=dh, weight_offset=offset)[4:]
+    for g, w, reduction in zip(got, want, (1, rows, rows), strict=True):
+        if g is not None:
+            assert g.dtype == (dx_dtype or x_dtype if reduction == 1 else w_dtype)
+            assert_close(g.cpu(), w, reduction=reduction)
+
+
+@pytest.mark.parametrize("where", ("nan in x", "inf in dy", "nan in the last column block"))
+def test_column_parallel_backward_propagates_nan_and_inf_like_the_looped_one(where):
+    """A NaN or Inf reaches the same outputs, as NaN or Inf, on both wide-row paths."""
+    x, dy = make_input((9, 200), torch.float32), make_input((9, 200), torch.float32)
+    weight, bias = make_input(200, torch.float32), make_input(200, torch.float32)
+    _, _, mean, rstd = kernels.norm_fwd(
+        x, None, weight, bias, n_norm_dims=1, eps=1e-5, is_rms=False
+    )
+    if where == "nan in x":
+        x[3, 70], mean[3] = float("nan"), float("nan")
+    elif where == "inf in dy":
+        dy[5, 10] = float("inf")
+    else:
+        dy[8, 199] = float("nan")
+    kwargs = dict(n_norm_dims=1, is_rms=False, dweight_dtype=FP32, dbias_dtype=FP32)
+    got = kernels.norm_bwd(dy, x, weight, mean, rstd, config=_columns_config(9, 200, 64), **kwargs)
+    looped = kernels.norm_bwd(dy, x, weight, mean, rstd, config=_looped_config(9, 64), **kwargs)
+    for g, w in zip(got, looped, strict=True):
+        assert torch.equal(g.isnan(), w.isnan()) and torch.equal(g.isinf(), w.isinf())
+    assert not got[0].isfinite().all()  # (dB = sum of dy stays finite under a NaN in x)
+
+
+def test_rows_are_batch_invariant_across_the_column_parallel_switch(monkeypatch):
+    """Whether a wide backward runs column-parallel depends on M (its grid's share of L2): on a
+    GPU with 256 KiB of L2, one row of 8200 columns runs the two-pass looped kernel and six rows
+    the column-parallel one, and each row's dx is bitwise the same either way."""
+    launcher = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
+    monkeypatch.setattr(
+        launcher, "device_target", lambda device: kernels.Target(sm_count=8, l2_bytes=2**18)
+    )
+    x, dy = make_input((6, 8200), BF16, offset=2.0), make_input((6, 8200), BF16)
+    weight, bias = make_input(8200, BF16), make_input(8200, BF16)
+    _, _, mean, rstd = kernels.norm_fwd(
+        x, None, weight, bias, n_norm_dims=1, eps=1e-5, is_rms=False
+    )
+    kwargs = dict(n_norm_dims=1, is_rms=False, dweight_dtype=BF16, dbias_dtype=BF16)
+
+    def backward(rows: slice) -> tuple[torch.Tensor, list[str]]:
+        names = []
+        with registry.intercepted(lambda launch, run: (names.append(launch.kernel.name), run())):
+            dx = kernels.norm_bwd(dy[rows], x[rows], weight, mean[rows], rstd[rows], **kwargs)[0]
+        return dx, names
+
+    batch, names = backward(slice(0, 6))
+    assert names == ["norm_bwd_looped", "norm_bwd_columns"]
+    for i in (0, 5):
+        alone, names = backward(slice(i, i + 1))
+        assert names == ["norm_bwd_looped", "sum_partials"]
+        assert torch.equal(batch[i : i + 1], alone)
+
+
+def test_column_parallel_config_is_checked_before_launching():
+    x, dy = make_input((9, 200), FP32), make_input((9, 200), FP32)
+    stats = torch.ones(9, device=x.device)
+    too_few = _columns_config(9, 200, 64)
+    too_few = dataclasses.replace(too_few, columns=dataclasses.replace(too_few.columns, grid=3))
+    single = dataclasses.replace(_columns_config(9, 200, 64), single_block=True, block_n=256)
+    for cfg in (too_few, single):
+        with pytest.raises(ValueError, match="config.columns"):
+            kernels.norm_bwd(dy, x, None, stats, stats, n_norm_dims=1, is_rms=False, config=cfg)
+
+
+@pytest.mark.gpu
+def test_column_parallel_backward_at_full_width_on_the_gpu():
+    """A realistic column-parallel launch (65536 bf16 columns: on an A100 / H100 its rows do
+    not fit L2 at 64 rows; pipelined 16x256 tiles): the float64 oracle's gradients, and each
+    row's dx bitwise that of the row alone (one row: the looped kernel)."""
+    x, dy = make_input((64, 65536), BF16), make_input((64, 65536), BF16)
+    weight, bias = make_input(65536, BF16), make_input(65536, BF16)
+    got = _run(x, weight, bias, dy)
+    _check(got, _expected(x, weight, bias, dy), 64)
+    for i in (0, 63):
+        alone = _run(x[i : i + 1], weight, bias, dy[i : i + 1])
+        assert torch.equal(got[4][i : i + 1], alone[4])
 
 
 @pytest.mark.parametrize("is_rms", (False, True), ids=("LN", "RMS"))

@@ -353,13 +353,15 @@ def _analyse_accesses(
 
 
 def _rows_covered(launch: registry.Launch) -> int:
-    """The rows a launch's programs walk (grid x tiles per program x rows per tile; 0 for the
-    partial sum, whose programs walk columns): past MAX_INT32_ROWS its row indices must be
-    formed in 64-bit arithmetic."""
-    if not launch.kernel.programs_walk_rows:
-        return 0
+    """The rows a launch's programs walk (grid x tiles per program x rows per tile; every row,
+    in whole tiles, for the column-parallel backward; 0 for the partial sum, which walks no
+    rows): past MAX_INT32_ROWS its row indices must be formed in 64-bit arithmetic."""
     named = launch.named_args()
-    return launch.grid[0] * named["tiles_per_program"] * named["ROWS_PER_TILE"]
+    if launch.kernel.programs_walk_rows:
+        return launch.grid[0] * named["tiles_per_program"] * named["ROWS_PER_TILE"]
+    if "n_rows" in named:
+        return -(-named["n_rows"] // named["ROWS_PER_TILE"]) * named["ROWS_PER_TILE"]
+    return 0
 
 
 def compile_launch(
@@ -419,7 +421,8 @@ def compile_launch(
         )
         _analyse_accesses(asm, signature, launch, dtype_bytes, report, ranged)
         if _rows_covered(launch) > MAX_INT32_ROWS:  # else its rows fit int32
-            report.narrow_row_index = "; ".join(narrow_program_id_ops(asm["ttir"]))
+            loop = None if kernel.programs_walk_rows else "n_rows"
+            report.narrow_row_index = "; ".join(narrow_program_id_ops(asm["ttir"], loop))
             report.offsets_64bit &= not report.narrow_row_index
     except Exception as e:  # a failed compile is a result to report, not a crash
         report.error = f"{type(e).__name__}: {e}"[:300]
@@ -541,8 +544,9 @@ def report_table(reports: list[KernelReport], title: str) -> tuple[Table, bool]:
         "pivot).",
         "64-bit: every multiply of a row index by a stride or N that reaches a global address "
         "is a 64-bit multiply in the PTX; and in launches over more rows than int32 indexes "
-        f"(M={HUGE_ROWS}), every row index is formed from the program id in 64-bit arithmetic "
-        "(TTIR). Other launches keep int32 row indices, which their grid provably fits.",
+        f"(M={HUGE_ROWS}), every row index is formed from the program id (or the column-parallel "
+        "backward's loop over the rows) in 64-bit arithmetic (TTIR). Other launches keep int32 "
+        "row indices, which their grid provably fits.",
     ]
     return table, all_ok
 

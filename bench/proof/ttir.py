@@ -1,11 +1,12 @@
 """Read a kernel's Triton IR (TTIR): is every row index formed in 64-bit arithmetic?
 
 A program's rows are ``tile * ROWS_PER_TILE + arange`` with ``tile`` derived from the program
-id. If any integer multiply or add on the way is 32-bit, more than 2**31 rows (tiny rows, e.g.
-a ``(2**31 + 5, 1)`` tensor) wrap negative, pass the ``rows < n_rows`` mask and address memory
-out of bounds. TTIR shows the arithmetic as the kernel wrote it (before LLVM), one SSA value
-per line, so a forward walk from ``tt.get_program_id`` finds every 32-bit integer op that a
-program-id-derived value flows into.
+id (or, in the column-parallel backward, whose programs walk every row, from a loop up to
+``n_rows``). If any integer multiply or add on the way is 32-bit, more than 2**31 rows (tiny
+rows, e.g. a ``(2**31 + 5, 1)`` tensor) wrap negative, pass the ``rows < n_rows`` mask and
+address memory out of bounds. TTIR shows the arithmetic as the kernel wrote it (before LLVM),
+one SSA value per line, so a forward walk from ``tt.get_program_id`` (or that loop's induction
+variable) finds every 32-bit integer op that a row index flows into.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def _names(text: str) -> set[str]:
     return {name.split(":")[0] for name in _VALUE.findall(text)}
 
 
-def narrow_program_id_ops(ttir: str) -> list[str]:
-    """Every 32-bit integer arithmetic op whose operands derive from the program id.
+def narrow_program_id_ops(ttir: str, row_loop_bound: str | None = None) -> list[str]:
+    """Every 32-bit integer arithmetic op whose operands derive from the program id, or, with
+    ``row_loop_bound`` (a kernel argument's name: a kernel whose programs walk every row), from
+    the induction variable of a loop up to that argument instead.
 
-    Returns the offending lines (location info stripped); empty when every index computed
-    from the program id is 64-bit.
+    Returns the offending lines (location info stripped); empty when every such index is
+    64-bit.
     """
     derived: set[str] = set()
     narrow = []
@@ -50,7 +53,11 @@ def narrow_program_id_ops(ttir: str) -> list[str]:
         bound = {m.group(1) for m in re.finditer(r"(%[\w.#]+)\s*=", rest)}
         uses = _names(rest) - bound
         if op == "tt.get_program_id":
-            derived |= defs
+            derived |= set() if row_loop_bound else defs
+            continue
+        loop = re.match(r"\s*(%[\w.#]+)\s*=\s*\S+\s+to\s+(%[\w.#]+)", rest)
+        if op == "scf.for" and loop and row_loop_bound and loop.group(2) == f"%{row_loop_bound}":
+            derived.add(loop.group(1))  # the loop over every row: its induction variable
             continue
         if not uses & derived:
             continue

@@ -8,6 +8,7 @@ itself are marked ``gpu`` and skipped without it.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import shutil
@@ -29,12 +30,12 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(_CACHE_DIR, "inductor")
 os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHE_DIR, "triton")
 
 
-def pytest_unconfigure(config):
-    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+# at exit, however the session ends: a run that stops at a usage error never configures pytest
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
 
 def _remove_caches_and_die(signum, frame) -> None:
-    """A run stopped with SIGTERM (a CI timeout, ``kill``) skips pytest_unconfigure: remove the
+    """A run stopped with SIGTERM (a CI timeout, ``kill``) skips the exit handlers: remove the
     caches, then die of the signal as before."""
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
     signal.signal(signum, signal.SIG_DFL)

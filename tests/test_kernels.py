@@ -336,8 +336,7 @@ def _columns_config(
     return dataclasses.replace(looped, tiles_per_group=looped.tiles_per_program, columns=columns)
 
 
-@pytest.mark.parametrize("num_stages", (1, 3))
-@pytest.mark.parametrize("block_n,rows_per_tile", ((64, 4), (128, 1)))
+@pytest.mark.parametrize("block_n,rows_per_tile,num_stages", ((64, 4, 1), (128, 1, 3)))
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 def test_column_parallel_backward(dtype, block_n, rows_per_tile, num_stages):
     """The two-launch backward of rows too wide for L2 (c1, c2 by rows, then dx, dW, dB by

@@ -16,9 +16,9 @@ column by column in a fixed order. No atomics, no locks: the same inputs give bi
 gradients on every run. Rows up to the single-block width are held whole
 (:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice, in groups of
 rows small enough for the second walk to be served by L2 (:func:`_norm_bwd_looped_kernel`).
-Where not one row per program fits in L2, the looped kernel computes c1, c2 only and
-:func:`_norm_bwd_columns_kernel` computes dx, dW and dB over blocks of columns of every row:
-dW and dB are summed in registers and stored once, with no partials (heuristics'
+Where not one row per program fits in L2, the looped kernel computes c1, c2 only and the
+single-block kernel, switched to ``COLUMNS``, computes dx, dW and dB over blocks of columns of
+every row: dW and dB are summed in registers and stored once, with no partials (heuristics'
 COLUMNS_MIN_BLOCK_BYTES).
 Both kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
 asynchronous copies of the next tiles while one is reduced) to keep enough bytes in flight.
@@ -158,12 +158,10 @@ def _store_dx(
 
 
 @triton.jit
-def _store_partials(
-    DW_partial,
-    DB_partial,
-    pid,
-    n_cols,
-    cols,
+def _store_column_sums(
+    DW,
+    DB,
+    offs,
     col_mask,
     dw_acc,
     db_acc,
@@ -171,17 +169,17 @@ def _store_partials(
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
 ):
-    """Row ``pid`` of the dW/dB partials at ``cols``: the column sums of the program's
-    accumulators, added to what the row holds when ``accumulate`` (a later group of rows of the
-    looped kernel; the program's own earlier store, ordered by a barrier), else stored."""
-    offs = pid.to(tl.int64) * n_cols + cols
+    """The column sums of the accumulators, stored at ``DW + offs`` and ``DB + offs`` (a row of
+    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes; added to what is
+    there when ``accumulate`` (a later group of rows of the looped kernel; the program's own
+    earlier store, ordered by a barrier)."""
     keep = col_mask & accumulate
     if COMPUTE_DW:
-        dw = tl.sum(dw_acc, axis=0) + tl.load(DW_partial + offs, mask=keep, other=0.0)
-        tl.store(DW_partial + offs, dw, col_mask)
+        dw = tl.sum(dw_acc, axis=0) + tl.load(DW + offs, mask=keep, other=0.0)
+        tl.store(DW + offs, dw, col_mask)
     if COMPUTE_DB:
-        db = tl.sum(db_acc, axis=0) + tl.load(DB_partial + offs, mask=keep, other=0.0)
-        tl.store(DB_partial + offs, db, col_mask)
+        db = tl.sum(db_acc, axis=0) + tl.load(DB + offs, mask=keep, other=0.0)
+        tl.store(DB + offs, db, col_mask)
 
 
 @triton.jit
@@ -194,8 +192,9 @@ def _norm_bwd_single_block_kernel(
     B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
     Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
     Rstd,  # (n_rows,) float32
-    DW_partial,  # (grid, n_cols) float32 out, or None
-    DB_partial,  # (grid, n_cols) float32 out, or None
+    DW,  # out, or None: (grid, n_cols) float32 partials; COLUMNS: (n_cols,) dW, W's dtype
+    DB,  # out, or None: (grid, n_cols) float32 partials; COLUMNS: (n_cols,) dB, B's dtype
+    C,  # COLUMNS: (2, n_rows) float32 c1 and c2 of each row (the looped kernel's STATS_ONLY)
     n_rows,
     n_cols,
     x_d1,
@@ -227,38 +226,66 @@ def _norm_bwd_single_block_kernel(
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    COLUMNS: tl.constexpr,
 ):
-    """Backward of whole rows (``BLOCK_N >= n_cols``), math of the module docstring.
+    """Backward of ``(ROWS_PER_TILE, BLOCK_N)`` tiles, math of the module docstring.
 
-    One program computes dx for ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE``
-    rows, each a ``(ROWS_PER_TILE, BLOCK_N)`` block read once (x, dy) and written once (dx),
-    accumulates dW/dB in registers and writes row ``pid`` of the partials (every program
-    writes its row). The tile loop is software-pipelined ``NUM_STAGES`` deep: the loads of the
-    next ``NUM_STAGES - 1`` tiles are in flight (asynchronous copies) while a tile is reduced.
+    Whole rows (``BLOCK_N >= n_cols``): one program computes dx for ``tiles_per_program``
+    consecutive tiles of rows, each read once (x, dy) and written once (dx), accumulates dW/dB
+    in registers and writes row ``pid`` of the partials (every program writes its row).
+
+    ``COLUMNS`` (the column-parallel backward of rows too wide for L2): program ``p`` owns
+    columns ``[p * BLOCK_N, (p + 1) * BLOCK_N)`` of every row and walks the tiles of all rows,
+    first to last (``tiles_per_program`` of them). It writes dx from each row's c1, c2 (``C``)
+    and sums dW and dB of its columns over every row in float32 registers (each row lane of
+    the tile in row order, then the lanes in a fixed tree), storing them once in W's and B's
+    dtypes: deterministic, and no partials, since the columns of one program are no other's.
+
+    The tile loop is software-pipelined ``NUM_STAGES`` deep: the loads of the next
+    ``NUM_STAGES - 1`` tiles are in flight (asynchronous copies) while a tile is reduced.
     """
-    pid = program_id(INT64_ROWS)
+    if not COLUMNS:
+        pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
     dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-    first_row = pid * tiles_per_program * ROWS_PER_TILE
-    cols = tl.arange(0, BLOCK_N)
-    col_mask = cols < n_cols
+    if COLUMNS:
+        # int64: a row wider than 2**31 elements must not wrap its last programs' columns
+        cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < n_cols
+        # the loop walks every row, a tile per step
+        first_row, loop_end, loop_step, rows_per_step = 0, n_rows, ROWS_PER_TILE, 1
+        # the program's columns of weight and bias, loaded once for every row
+        w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+    else:
+        # the loop counts the program's tiles
+        first_row = pid * tiles_per_program * ROWS_PER_TILE
+        loop_end, loop_step, rows_per_step = tiles_per_program, 1, ROWS_PER_TILE
+        cols = tl.arange(0, BLOCK_N)
+        col_mask = cols < n_cols
     dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
     db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-    for i in tl.range(tiles_per_program, num_stages=NUM_STAGES):
+    for step in tl.range(0, loop_end, loop_step, num_stages=NUM_STAGES):
+        if COLUMNS and INT64_ROWS:  # rows from the loop over every row: the last must not wrap
+            step = tl.cast(step, tl.int64)
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-            Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
+            Mean, Rstd, first_row + step * rows_per_step, n_rows, x_layout, dy_layout, IS_RMS,
             X_IS_Y, ROWS_PER_TILE, ALIGN,
         )  # fmt: skip
-        # weight and bias are loaded with each tile (L2 hits), not held across the loop: the
-        # widest float32 tiles have no registers to spare (64 per thread at 1024 threads)
-        w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+        if not COLUMNS:
+            # weight and bias are loaded with each tile (L2 hits), not held across the loop:
+            # the widest float32 tiles have no registers to spare (64 per thread at 1024 threads)
+            w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
         mask, x_hat, g, dy = _x_hat_and_g(
             X, DY, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, w, b, IS_RMS,
             HAS_WEIGHT, HAS_BIAS, X_IS_Y,
         )  # fmt: skip
-        c1, c2 = _coefficients(x_hat, g, n_cols, IS_RMS)
+        if COLUMNS:
+            c1 = tl.load(C + rows, mask=row_mask, other=0.0)
+            c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
+        else:
+            c1, c2 = _coefficients(x_hat, g, n_cols, IS_RMS)
         _store_dx(
             DX, DH, rows, cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
         )
@@ -266,10 +293,11 @@ def _norm_bwd_single_block_kernel(
             dw_acc += dy * x_hat
         if COMPUTE_DB:
             db_acc += dy
-    _store_partials(
-        DW_partial, DB_partial, pid, n_cols, cols, col_mask, dw_acc, db_acc, False, COMPUTE_DW,
-        COMPUTE_DB,
-    )  # fmt: skip
+    if COLUMNS:
+        sums = cols  # dW and dB themselves
+    else:
+        sums = pid.to(tl.int64) * n_cols + cols  # the program's row of the partials
+    _store_column_sums(DW, DB, sums, col_mask, dw_acc, db_acc, False, COMPUTE_DW, COMPUTE_DB)
 
 
 @triton.jit
@@ -328,7 +356,8 @@ def _norm_bwd_looped_kernel(
     ``pid`` of the partials. Pass 2 re-reads only the group's rows, the most recently read
     chunks first, so a group that fits in L2 (the heuristics size it) is read from DRAM once.
     Both passes are software-pipelined ``NUM_STAGES`` deep. With ``STATS_ONLY`` the program
-    stops after pass 1 (c1, c2 for :func:`_norm_bwd_columns_kernel`; one group).
+    stops after pass 1 (c1, c2 for the ``COLUMNS`` launch of
+    :func:`_norm_bwd_single_block_kernel`; one group).
     """
     pid = program_id(INT64_ROWS)
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
@@ -390,101 +419,12 @@ def _norm_bwd_looped_kernel(
                 if COMPUTE_DB:
                     db_acc += dy
                 if k % n_group == n_group - 1:  # the group's last tile of this chunk
-                    _store_partials(
-                        DW_partial, DB_partial, pid, n_cols, c, c_mask, dw_acc, db_acc,
-                        first_tile > 0, COMPUTE_DW, COMPUTE_DB,
+                    _store_column_sums(
+                        DW_partial, DB_partial, pid.to(tl.int64) * n_cols + c, c_mask, dw_acc,
+                        db_acc, first_tile > 0, COMPUTE_DW, COMPUTE_DB,
                     )  # fmt: skip
                     dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
                     db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-
-
-@triton.jit
-def _norm_bwd_columns_kernel(
-    X,  # (n_rows, n_cols) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
-    DY,  # (n_rows, n_cols) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
-    DH,  # (n_rows, n_cols) gradient of the fused residual output h, or None
-    DX,  # (n_rows, n_cols) contiguous out, X's dtype
-    W,  # (n_cols,) weight, or None
-    B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
-    Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
-    Rstd,  # (n_rows,) float32
-    DW,  # (n_cols,) out, weight's dtype, or None
-    DB,  # (n_cols,) out, bias's dtype, or None
-    C,  # (2, n_rows) float32: c1 and c2 of each row, from the looped kernel's STATS_ONLY pass
-    n_rows,
-    n_cols,
-    x_d1,
-    x_d2,
-    x_s0,
-    x_s1,
-    x_s2,
-    dy_d1,
-    dy_d2,
-    dy_s0,
-    dy_s1,
-    dy_s2,
-    dh_d1,
-    dh_d2,
-    dh_s0,
-    dh_s1,
-    dh_s2,
-    weight_offset,
-    IS_RMS: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    X_IS_Y: tl.constexpr,
-    HAS_DH: tl.constexpr,
-    COMPUTE_DW: tl.constexpr,
-    COMPUTE_DB: tl.constexpr,
-    ROWS_PER_TILE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    ALIGN: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
-):
-    """dx, dW and dB of ``BLOCK_N`` columns of every row, math of the module docstring.
-
-    Program ``p`` owns columns ``[p * BLOCK_N, (p + 1) * BLOCK_N)``: it walks all rows in tiles
-    of ``(ROWS_PER_TILE, BLOCK_N)``, first to last, pipelined ``NUM_STAGES`` deep; writes each
-    tile's dx from the rows' c1, c2 (``C``), and sums dW and dB of its columns over every row in
-    float32 registers (each of the tile's row lanes in row order, then the lanes in a fixed
-    tree), storing them once in W's and B's dtypes (deterministic, and no partial rows: the
-    columns of one program are no other's).
-    """
-    n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
-    x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
-    dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
-    dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-    # int64: a row wider than 2**31 elements must not wrap its last programs' columns
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < n_cols
-    w, b = _affine(W, B, cols, col_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-    dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-    db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-    for first_row in tl.range(0, n_rows, ROWS_PER_TILE, num_stages=NUM_STAGES):
-        if INT64_ROWS:  # the last tile's rows (first_row + ROWS_PER_TILE - 1) must not wrap
-            first_row = tl.cast(first_row, tl.int64)
-        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-            Mean, Rstd, first_row, n_rows, x_layout, dy_layout, IS_RMS, X_IS_Y, ROWS_PER_TILE,
-            ALIGN,
-        )  # fmt: skip
-        mask, x_hat, g, dy = _x_hat_and_g(
-            X, DY, x_row, dy_row, row_mask, cols, col_mask, mean, rstd, w, b, IS_RMS,
-            HAS_WEIGHT, HAS_BIAS, X_IS_Y,
-        )  # fmt: skip
-        c1 = tl.load(C + rows, mask=row_mask, other=0.0)
-        c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
-        _store_dx(
-            DX, DH, rows, cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
-        )
-        if COMPUTE_DW:
-            dw_acc += dy * x_hat
-        if COMPUTE_DB:
-            db_acc += dy
-    if COMPUTE_DW:
-        tl.store(DW + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
-    if COMPUTE_DB:
-        tl.store(DB + cols, tl.sum(db_acc, axis=0), mask=col_mask)
 
 
 @triton.jit
@@ -523,7 +463,7 @@ def _sum_partials_kernel(
         tl.store(DB + cols, tl.sum(db, axis=0), mask=col_mask)
 
 
-_POINTERS = {
+_INPUTS = {
     "X": "x",  # (y under X_IS_Y, read in x's place)
     "DY": "dy",
     "DH": "dh",
@@ -532,8 +472,7 @@ _POINTERS = {
     "B": "bias",
     "Mean": "mean",
     "Rstd": "rstd",
-    "DW_partial": "dw_partial",
-    "DB_partial": "db_partial",
+    "C": "c_scratch",
 }
 _ROW_SCALES = (
     "n_cols",
@@ -548,27 +487,28 @@ _ROW_SCALES = (
     "dh_s2",
 )
 NORM_BWD_SINGLE_BLOCK = Kernel(
-    "norm_bwd_single_block", _norm_bwd_single_block_kernel, "bwd", False, _POINTERS, _ROW_SCALES
+    "norm_bwd_single_block",
+    _norm_bwd_single_block_kernel,
+    "bwd",
+    False,
+    {**_INPUTS, "DW": "dw_partial", "DB": "db_partial"},
+    _ROW_SCALES,
 )
 NORM_BWD_LOOPED = Kernel(
     "norm_bwd_looped",
     _norm_bwd_looped_kernel,
     "bwd",
     True,
-    {**_POINTERS, "C": "c_scratch"},
+    {**_INPUTS, "DW_partial": "dw_partial", "DB_partial": "db_partial"},
     _ROW_SCALES,
 )
+# the single-block kernel switched to COLUMNS: its DW and DB are dW and dB themselves
 NORM_BWD_COLUMNS = Kernel(
     "norm_bwd_columns",
-    _norm_bwd_columns_kernel,
+    _norm_bwd_single_block_kernel,
     "bwd",
     False,
-    {
-        **{k: v for k, v in _POINTERS.items() if not k.endswith("_partial")},
-        "DW": "dweight",
-        "DB": "dbias",
-        "C": "c_scratch",
-    },
+    {**_INPUTS, "DW": "dweight", "DB": "dbias"},
     _ROW_SCALES,
     programs_walk_rows=False,
 )
@@ -694,24 +634,25 @@ def norm_bwd(
     # kernels never read it then
     mean = None if is_rms or x_is_y else mean
     bias = bias if x_is_y else None
-    tensors = (x, dy, dh, dx, weight, bias, mean, rstd, partial.get("dw"), partial.get("db"))
     # the looped kernel keeps each row's (c1, c2) between its two passes (or its launches)
-    scratch = ()
+    scratch = None
     if not cfg.single_block:
-        scratch = (torch.empty(2 * n_rows, dtype=torch.float32, device=device),)
-    kernel = NORM_BWD_SINGLE_BLOCK if cfg.single_block else NORM_BWD_LOOPED
-    if not cfg.single_block:
-        constexprs["STATS_ONLY"] = columns is not None
+        scratch = torch.empty(2 * n_rows, dtype=torch.float32, device=device)
+    dw_partial, db_partial = partial.get("dw"), partial.get("db")
+    tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dw_partial, db_partial, scratch)
+    if cfg.single_block:
+        kernel, constexprs["COLUMNS"] = NORM_BWD_SINGLE_BLOCK, False
+    else:
+        kernel, constexprs["STATS_ONLY"] = NORM_BWD_LOOPED, columns is not None
     if columns is not None:
         # the statistics launch reads x and dy only and writes c1, c2 only
-        tensors = (x, dy, None, None, weight, bias, mean, rstd, None, None)
+        tensors = (x, dy, None, None, weight, bias, mean, rstd, None, None, scratch)
         constexprs.update(HAS_DH=False, COMPUTE_DW=False, COMPUTE_DB=False)
     with launch_guard(device):
         launch(
             kernel,
             (cfg.grid,),
             *tensors,
-            *scratch,
             n_rows,
             n_cols,
             *layouts,
@@ -734,17 +675,20 @@ def norm_bwd(
                 rstd,
                 dweight,
                 dbias,
-                *scratch,
+                scratch,
                 n_rows,
                 n_cols,
                 *layouts,
                 weight_offset,
+                # the tiles of every row, which each program walks (its loop runs to n_rows)
+                triton.cdiv(n_rows, columns.rows_per_tile),
                 **math_flags,
                 ROWS_PER_TILE=columns.rows_per_tile,
                 BLOCK_N=columns.block_n,
                 ALIGN=align,
                 INT64_ROWS=columns.int64_rows,
                 NUM_STAGES=columns.num_stages,
+                COLUMNS=True,
                 num_warps=columns.num_warps,
             )
         if partial:
@@ -752,8 +696,8 @@ def norm_bwd(
             launch(
                 SUM_PARTIALS,
                 (red.grid,),
-                partial.get("dw"),
-                partial.get("db"),
+                dw_partial,
+                db_partial,
                 dweight,
                 dbias,
                 cfg.grid,

@@ -54,15 +54,18 @@ class Kernel:
 
     Attributes:
         name: stable name for reports (``norm_fwd_single_block``, ...).
-        fn: the jit (or, under ``TRITON_INTERPRET=1``, interpreted) kernel.
+        fn: the jit (or, under ``TRITON_INTERPRET=1``, interpreted) kernel. Two entries may
+            share one: a kernel whose ``tl.constexpr`` switch changes what its pointers hold
+            (the single-block backward and its ``COLUMNS`` launch) is one entry per switch.
         op: ``"fwd"``, ``"bwd"`` or ``"sum_partials"``.
         looped: the row is walked in ``BLOCK_N`` chunks (wide rows), not held whole.
         pointers: pointer argument name -> role (see the module docstring).
         row_scales: integer arguments that multiply a row index into an address (strides,
             ``n_cols``): such products must be 64-bit.
         programs_walk_rows: row indices derive from the program id (every kernel but the
-            column-parallel ones, the partial sum and the backward's columns launch, whose
-            programs own columns): int64 when the launch's ``INT64_ROWS`` says so.
+            partial sum and the backward's ``COLUMNS`` launch, whose programs own columns and,
+            in the latter, walk every tile of rows): int64 when the launch's ``INT64_ROWS``
+            says so.
     """
 
     name: str

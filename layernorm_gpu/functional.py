@@ -58,8 +58,16 @@ def _norm(x, residual, weight, bias, shape, eps, *, is_rms, residual_in_fp32, we
     return y, h
 
 
+def _start_residual(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The residual of a fused add where the residual stream starts (a pre-norm stack's first
+    layer, ``residual=None`` as flash-attention's ``layer_norm_fn`` takes it): zeros of x's
+    dtype, so that h = x + 0 follows every dtype rule of a given residual; one zero row,
+    broadcast to every row (stride 0), which the kernels read without a copy."""
+    return x.new_zeros(shape).expand(x.shape)
+
+
 def layer_norm(
-    x: torch.Tensor,
+    input: torch.Tensor,
     normalized_shape: ShapeLike,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
@@ -70,22 +78,24 @@ def layer_norm(
     memory_efficient: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """LayerNorm over the trailing ``normalized_shape`` dims of ``x``.
+    """LayerNorm over the trailing ``normalized_shape`` dims of ``input``
+    (``torch.nn.functional.layer_norm``'s contract).
 
     Args:
-        x: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
+        input: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
         normalized_shape: the trailing dims normalised together (an int or a sequence of
             ints, as torch takes it).
-        weight, bias: ``normalized_shape``, x's dtype (or float32 with 16-bit x), or None.
+        weight, bias: ``normalized_shape``, input's dtype (or float32 with 16-bit input), or
+            None.
         eps: added to the biased variance.
         weight_offset, casting, memory_efficient, backend: see the module docstring.
 
     Returns:
-        y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
+        y: ``input.shape``, contiguous, in input's dtype (``casting`` may promote it).
     """
-    shape = check_inputs(x, normalized_shape, weight, bias)
+    shape = check_inputs(input, normalized_shape, weight, bias)
     y, _ = _norm(
-        x,
+        input,
         None,
         weight,
         bias,
@@ -102,7 +112,7 @@ def layer_norm(
 
 
 def rms_norm(
-    x: torch.Tensor,
+    input: torch.Tensor,
     normalized_shape: ShapeLike,
     weight: torch.Tensor | None = None,
     eps: float | None = None,
@@ -112,28 +122,28 @@ def rms_norm(
     memory_efficient: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """RMSNorm over the trailing ``normalized_shape`` dims of ``x``
+    """RMSNorm over the trailing ``normalized_shape`` dims of ``input``
     (``torch.nn.functional.rms_norm``'s contract).
 
     Args:
-        x: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
+        input: ``(*, *normalized_shape)``, float16/bfloat16/float32/float64, any strides.
         normalized_shape: the trailing dims normalised together.
         weight: ``normalized_shape``, any float dtype, or None.
         eps: added to the mean square; None means the machine epsilon of the arithmetic dtype
-            (float32 unless x is float64).
+            (float32 unless input is float64).
         weight_offset, casting, memory_efficient, backend: see the module docstring.
 
     Returns:
-        y: ``x.shape``, contiguous, in x's dtype (``casting`` may promote it).
+        y: ``input.shape``, contiguous, in input's dtype (``casting`` may promote it).
     """
-    shape = check_inputs(x, normalized_shape, weight, None)
+    shape = check_inputs(input, normalized_shape, weight, None)
     y, _ = _norm(
-        x,
+        input,
         None,
         weight,
         None,
         shape,
-        rms_eps(x.dtype, eps),
+        rms_eps(input.dtype, eps),
         is_rms=True,
         residual_in_fp32=False,
         weight_offset=weight_offset,
@@ -146,7 +156,7 @@ def rms_norm(
 
 def fused_add_layer_norm(
     x: torch.Tensor,
-    residual: torch.Tensor,
+    residual: torch.Tensor | None,
     normalized_shape: ShapeLike,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
@@ -161,7 +171,8 @@ def fused_add_layer_norm(
     """``h = x + residual; y = layer_norm(h)`` in one pass over x and residual.
 
     Args:
-        x, residual: ``(*, *normalized_shape)``, same shape, any float dtypes and strides.
+        x, residual: ``(*, *normalized_shape)``, same shape, any float dtypes and strides;
+            residual None where the residual stream starts: h = x (in h's dtype, below).
         normalized_shape, weight, bias, eps: as :func:`layer_norm`.
         residual_in_fp32: keep h in (at least) float32.
         weight_offset, casting, memory_efficient, backend: see the module docstring.
@@ -172,6 +183,8 @@ def fused_add_layer_norm(
         and residual through both y and h.
     """
     shape = check_inputs(x, normalized_shape, weight, bias, residual=residual)
+    if residual is None:
+        residual = _start_residual(x, shape)
     y, h = _norm(
         x,
         residual,
@@ -191,7 +204,7 @@ def fused_add_layer_norm(
 
 def fused_add_rms_norm(
     x: torch.Tensor,
-    residual: torch.Tensor,
+    residual: torch.Tensor | None,
     normalized_shape: ShapeLike,
     weight: torch.Tensor | None = None,
     eps: float | None = None,
@@ -205,6 +218,8 @@ def fused_add_rms_norm(
     """``h = x + residual; y = rms_norm(h)`` in one pass; conventions of
     :func:`fused_add_layer_norm` (``eps=None`` as in :func:`rms_norm`, for h's dtype)."""
     shape = check_inputs(x, normalized_shape, weight, None, residual=residual)
+    if residual is None:
+        residual = _start_residual(x, shape)
     y, h = _norm(
         x,
         residual,

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from .dtypes import acc_dtype, output_dtypes
 
 __all__ = ["TABLE", "Convention", "convention_of", "norm_forward"]
 
@@ -56,6 +57,9 @@ class Convention:
         bias: the module adds its ``bias`` attribute.
         eps: the name of the module attribute holding eps, or eps itself when the module
             hard-codes it.
+        float_params: the module casts its parameters to float32 (``weight.float()``), so it
+            takes parameters of any dtype, where ``torch.nn.functional.layer_norm``'s dtype
+            rule would reject some (a bfloat16 weight on float32 x).
         formula: the module's ``forward``, as transformers writes it (for documentation).
     """
 
@@ -67,6 +71,7 @@ class Convention:
     weight: bool = True
     bias: bool = False
     eps: str | float = "variance_epsilon"
+    float_params: bool = False
 
 
 LLAMA = Convention("llama", True, "llama", "weight * x_hat.to(x.dtype)")
@@ -75,7 +80,9 @@ GEMMA = Convention(
     "gemma", True, "torch", "(x_hat * (1 + weight.float())).type_as(x)", 1.0, eps="eps"
 )
 T5 = Convention("t5", True, "t5", "weight * x_hat.to(weight.dtype if 16-bit)")
-COHERE = Convention("cohere", False, "torch", "(weight.float() * x_hat).to(x.dtype)")
+COHERE = Convention(
+    "cohere", False, "torch", "(weight.float() * x_hat).to(x.dtype)", float_params=True
+)
 UNWEIGHTED = Convention("fp32", True, "torch", "x_hat.type_as(x)", weight=False, eps="eps")
 
 # transformers.models.<model>.modeling_<model>.<class>, keyed here as "<model>.<class>"
@@ -346,7 +353,8 @@ def norm_forward(
 
     Args:
         module: a norm module following ``convention``.
-        x: ``(*, hidden)``.
+        x: ``(*, hidden)``; with a weight of more dims (Cohere's per-head query/key norms,
+            ``(heads, head_dim)``), ``(*, heads, head_dim)``, still normalised over the last dim.
         backend: as in :func:`layernorm_gpu.rms_norm`.
 
     Returns:
@@ -354,9 +362,43 @@ def norm_forward(
     """
     eps = getattr(module, convention.eps) if isinstance(convention.eps, str) else convention.eps
     weight = getattr(module, "weight", None) if convention.weight else None
+    bias = getattr(module, "bias", None) if convention.bias else None
+    params = [p for p in (weight, bias) if p is not None]
+    if any(p.dim() > 1 for p in params):
+        return _broadcast_affine(x, weight, bias, eps, convention, backend)
+    if convention.float_params and any(p.dtype != x.dtype for p in params):
+        weight, bias = (None if p is None else p.float() for p in (weight, bias))
     shape = x.shape[-1:]
     common = {"weight_offset": convention.weight_offset, "casting": convention.casting}
     if convention.is_rms:
         return F.rms_norm(x, shape, weight, eps, **common, backend=backend)
-    bias = getattr(module, "bias", None) if convention.bias else None
     return F.layer_norm(x, shape, weight, bias, eps, **common, backend=backend)
+
+
+def _broadcast_affine(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    convention: Convention,
+    backend: str | None,
+) -> torch.Tensor:
+    """The norm over the last dim with parameters that broadcast against more of x's trailing
+    dims (one weight row per head). The kernels take one weight row for all rows, so the norm
+    runs unweighted in the accumulation dtype and the affine follows in torch, rounded as the
+    convention rounds (:func:`~.dtypes.output_dtypes`: the kernels' own rule)."""
+    acc = acc_dtype(x.dtype)
+    shape = x.shape[-1:]
+    if convention.is_rms:
+        x_hat = F.rms_norm(x.to(acc), shape, None, eps, backend=backend)
+    else:
+        x_hat = F.layer_norm(x.to(acc), shape, None, None, eps, backend=backend)
+    y_dtype, x_hat_dtype = output_dtypes(
+        x.dtype, x.dtype, None if weight is None else weight.dtype, convention.casting
+    )
+    if x_hat_dtype is not None:
+        x_hat = x_hat.to(x_hat_dtype).to(acc)
+    y = x_hat if weight is None else x_hat * (weight.to(acc) + convention.weight_offset)
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(y_dtype)

@@ -108,9 +108,9 @@ class LayerNorm(_OurOptions, nn.LayerNorm):
         self._set_options(weight_offset, casting, memory_efficient, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(
-            x,
+            input,
             self.normalized_shape,
             self.weight,
             self.bias,
@@ -143,9 +143,9 @@ class RMSNorm(_OurOptions, nn.RMSNorm):
         self._set_options(weight_offset, casting, memory_efficient, backend)
         super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(
-            x,
+            input,
             self.normalized_shape,
             self.weight,
             self.eps,
@@ -168,7 +168,9 @@ class _ConventionNorm(nn.Module):
     convention: ClassVar[hf.Convention]
     backend: str | None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        # the original forward's one tensor, by position or by its own name (hidden_states, x)
+        (x,) = (*args, *kwargs.values())
         return hf.norm_forward(self, x, self.convention, self.backend)
 
     def extra_repr(self) -> str:

@@ -338,6 +338,40 @@ def test_fused_add_is_the_unfused_code(backend, is_rms, residual_dtype, residual
     assert_close(dr.cpu(), dh64)
 
 
+@pytest.mark.parametrize("is_rms", (False, True))
+@pytest.mark.parametrize("residual_in_fp32", (False, True))
+def test_fused_add_without_residual_starts_the_stream_with_x(backend, is_rms, residual_in_fp32):
+    """``residual=None`` (a pre-norm stack's first layer, as flash-attention takes it): h is x
+    in h's dtype and y normalises it, bitwise the call with a zero residual of x's dtype, and
+    the gradients of x through y and h are the same too."""
+    name, device = backend
+    fused = lg.fused_add_rms_norm if is_rms else lg.fused_add_layer_norm
+    x = make_input((6, 40), torch.bfloat16, device)
+    w = make_input(40, torch.bfloat16, device)
+    dy, dh = make_input((6, 40), torch.bfloat16, device), make_input((6, 40), torch.float32, device)
+    outs = {}
+    for residual in (None, torch.zeros_like(x)):
+        leaf = _leaf(x)
+        y, h = fused(leaf, residual, 40, w, residual_in_fp32=residual_in_fp32, backend=name)
+        (dx,) = torch.autograd.grad((y, h), (leaf,), (dy, dh.to(h.dtype)))
+        outs[residual is None] = (y, h, dx)
+    (y, h, dx), zero_residual = outs[True], outs[False]
+    assert h.dtype == (torch.float32 if residual_in_fp32 else x.dtype) and y.dtype == x.dtype
+    assert torch.equal(h, x.to(h.dtype))
+    for ours, theirs in zip((y, h, dx), zero_residual, strict=True):
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+def test_input_keyword_as_in_torch():
+    """torch names the tensor argument of ``F.layer_norm`` / ``F.rms_norm`` and of the modules'
+    ``forward`` ``input``: keyword calls written for torch run unchanged."""
+    x = make_input((3, 8), torch.float32, "cpu")
+    assert torch.equal(lg.layer_norm(input=x, normalized_shape=(8,)), lg.layer_norm(x, (8,)))
+    assert torch.equal(lg.rms_norm(input=x, normalized_shape=[8]), lg.rms_norm(x, [8]))
+    for module in (lg.LayerNorm(8), lg.RMSNorm(8)):
+        assert torch.equal(module(input=x), module(x))
+
+
 # ---------------------------------------------------------------- determinism
 
 

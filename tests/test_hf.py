@@ -145,13 +145,13 @@ def test_table_is_keyed_by_class_path_without_importing_transformers() -> None:
 # --- each convention against the module it replaces -----------------------------------------
 
 
-def _build(path: str, **kwargs) -> nn.Module:
-    """An instance of the transformers class at ``path``, hidden size 64, random parameters
-    (Gemma's zero-centred weight near zero)."""
+def _build(path: str, hidden: int | tuple[int, ...] = 64, **kwargs) -> nn.Module:
+    """An instance of the transformers class at ``path``, hidden size ``hidden``, random
+    parameters (Gemma's zero-centred weight near zero)."""
     module_name, _, cls_name = path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     params = inspect.signature(cls).parameters
-    size = {next(iter(params)): 64} if next(iter(params)) != "eps" else {}
+    size = {next(iter(params)): hidden} if next(iter(params)) != "eps" else {}
     module = cls(**size, **kwargs)
     with torch.no_grad():
         for param in module.parameters():
@@ -208,6 +208,104 @@ def test_convention_reproduces_the_transformers_module(
     assert grads.keys() == grads_hf.keys()
     for name, grad in grads.items():
         _check_2x(name, grad, grads_hf[name], grads_exact[name], rows=1 if name == "x" else 64)
+
+
+def _check_module(theirs: nn.Module, x: torch.Tensor, backend: str) -> None:
+    """``theirs`` replaced runs our ops (two: forward and backward) and gives y, dx and every
+    parameter gradient within twice the module's own error of the module run in float64."""
+    ours = replace_norms(copy.deepcopy(theirs), backend=backend)
+    exact = copy.deepcopy(theirs).double()
+    dy = make_input(x.shape, torch.float32)
+    calls = dispatch.calls[backend]
+    y, grads = _module_run(ours, x, dy)
+    assert dispatch.calls[backend] == calls + 2
+    y_hf, grads_hf = _module_run(theirs, x, dy)
+    with _Float64():
+        y_exact, grads_exact = _module_run(exact, x.double(), dy.double())
+    _check_2x("y", y, y_hf, y_exact)
+    assert grads.keys() == grads_hf.keys()
+    for name, grad in grads.items():
+        rows = 1 if name == "x" else x.numel() // grad.numel()  # the rows a gradient sums
+        _check_2x(name, grad, grads_hf[name], grads_exact[name], rows=rows)
+
+
+# Cohere's query/key norms are a CohereLayerNorm((heads, head_dim)): a weight per head,
+# broadcast against (..., heads, head_dim), the norm over head_dim alone. The other
+# conventions, built the same way, broadcast their weights just as well.
+PER_HEAD = ["cohere.modeling_cohere.CohereLayerNorm"] + [
+    rep
+    for rep in REPRESENTATIVES
+    if rep.rpartition(".")[2] in ("LlamaRMSNorm", "T5LayerNorm", "Gemma3RMSNorm")
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("x_dtype", "param_dtype"), MODULE_DTYPES[:3])
+@pytest.mark.parametrize("path", PER_HEAD, ids=lambda p: p.rpartition(".")[2])
+def test_per_head_weights_broadcast_as_in_transformers(
+    path: str, x_dtype: torch.dtype, param_dtype: torch.dtype, backend: str
+) -> None:
+    theirs = _build(_PREFIX + path, hidden=(4, 16)).to(param_dtype)
+    assert theirs.weight.shape == (4, 16)
+    _check_module(theirs, make_input((3, 5, 4, 16), x_dtype), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("x_dtype", "param_dtype"),
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float16),
+        (torch.float16, torch.float64),
+    ],
+    ids=["fp32-bf16params", "bf16-fp16params", "fp16-fp64params"],
+)
+def test_float32_parameter_conventions_take_any_parameter_dtype(
+    x_dtype: torch.dtype, param_dtype: torch.dtype, backend: str
+) -> None:
+    """CohereLayerNorm scales by ``weight.float()``: any weight dtype runs, as in transformers
+    (torch's LayerNorm dtype rule would reject these)."""
+    theirs = _build(_PREFIX + "cohere.modeling_cohere.CohereLayerNorm").to(param_dtype)
+    _check_module(theirs, make_input((4, 16, 64), x_dtype), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cohere_with_query_key_norms_matches_unpatched(backend: str) -> None:
+    """A Cohere model with ``use_qk_norm``: its per-head norms are replaced and the model's
+    logits, loss and gradients hold the rule of :func:`test_patched_model_matches_unpatched`."""
+    import transformers
+
+    config = transformers.CohereConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, use_qk_norm=True, pad_token_id=0,
+        bos_token_id=0, eos_token_id=0, attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    theirs = transformers.CohereForCausalLM(config)
+    _randomize_norms(theirs)
+    ours = copy.deepcopy(theirs)
+    report = replace_norms(ours, backend=backend, report=True)
+    per_head = [r for r in report.replaced if r.name.endswith(("q_norm", "k_norm"))]
+    assert len(per_head) == 2 and not report.left_alone
+    exact = copy.deepcopy(theirs).double()
+    ids = torch.randint(0, 128, (2, 8))
+    logits, loss, grads = _model_run(ours, ids)
+    logits_hf, loss_hf, grads_hf = _model_run(theirs, ids)
+    with _Float64():
+        logits_exact, loss_exact, grads_exact = _model_run(exact, ids)
+    _check_2x("logits", logits, logits_hf, logits_exact)
+    _check_2x("loss", loss, loss_hf, loss_exact)
+    assert grads.keys() == grads_hf.keys()
+    for name, grad in grads.items():
+        _check_2x(name, grad, grads_hf[name], grads_exact[name], rows=ids.numel())
+
+
+def test_replaced_norm_takes_its_argument_by_its_own_name() -> None:
+    """transformers' norms name their input (``hidden_states``, ``x``): a keyword call still
+    works once replaced."""
+    norm = replace_norms(_build(_PREFIX + "llama.modeling_llama.LlamaRMSNorm"))
+    x = make_input((3, 64), torch.float32)
+    assert torch.equal(norm(hidden_states=x), norm(x))
 
 
 def test_bitwise_equal_to_transformers_in_bfloat16() -> None:

@@ -171,10 +171,10 @@ def _backward(
     n = x.shape[-1]
     dweight = dbias = None
 
-    def x_hat_into(out):
-        """``t`` with ``x_hat = t * row_factor``: x - mean written into ``out`` (LayerNorm),
-        x itself (RMSNorm: nothing written), or x_hat written into ``out`` (``x_is_y``: the
-        row factor is one, None)."""
+    def unscaled_x_hat_into(out):
+        """x_hat without its row factor (``x_hat = t * row_factor``): x - mean written into
+        ``out`` (LayerNorm), x itself (RMSNorm: nothing written), or x_hat written into ``out``
+        (``x_is_y``: no row factor)."""
         if x_is_y:
             t = out.copy_(xf) if shift is None else torch.sub(xf, shift, out=out)
             return t if scale is None else t.div_(scale)
@@ -200,7 +200,7 @@ def _backward(
         # rstd multiplies the row and column sums of dy * t, not t itself: a pass saved
         row_factor = None if x_is_y else rstd
         buf = torch.empty(x.shape, dtype=acc, device=x.device)
-        t = x_hat_into(buf)
+        t = unscaled_x_hat_into(buf)
         prod = torch.mul(t, dyf, out=buf) if t is xf else t.mul_(dyf)  # dy * t
         if need_dweight:
             dweight = _weighted_column_sum(prod, row_factor)
@@ -210,7 +210,7 @@ def _backward(
         # dx = rstd * (g - c2 - x_hat * c1) with c2 = mean(g) (LayerNorm) and
         # x_hat * c1 = t * (row_factor * c1)
         factor = -c1 if row_factor is None else -(row_factor * c1)
-        t = x_hat_into(buf)
+        t = unscaled_x_hat_into(buf)
         dx = torch.mul(t, factor, out=buf) if t is xf else t.mul_(factor)
         if not is_rms:
             dx.sub_(_row_dot(dyf, scale).div_(n))

@@ -49,6 +49,13 @@ __all__ = [
     "rms_forward",
 ]
 
+# Column sums outside autograd multiply each chunk of this many rows by its row factors (rstd, or
+# ones) in one batched matrix product, then add the chunks' sums with torch's pairwise sum: one
+# read pass at about twice the speed of sum(dim=0) on CPU, with the row factor applied for free.
+# Chains of 16 float32 terms keep sum(dim=0)'s error (64: 1.2x, and one matrix-vector product
+# over all rows, a chain as long as there are rows, 10x at 4096 rows).
+_COLUMN_CHUNK = 16
+
 # Sums of squares are taken over chunks of this many elements, then the chunk sums are added by
 # torch's (pairwise) sum: vector_norm alone accumulates a whole row sequentially (2e-5 relative
 # error at 2**20 elements), the chunked sum stays at float32 rounding (6e-9) at its speed.
@@ -110,6 +117,34 @@ def _column_sum(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), n).sum(dim=0)
 
 
+def _float32_matmul_is_exact() -> bool:
+    """Whether float32 matrix products round as float32 (torch's default), not through TF32 or
+    bfloat16 (``torch.set_float32_matmul_precision`` or a backend's ``fp32_precision``)."""
+    try:
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # backends set apart (torch >= 2.9): some of them reduce precision
+        return False
+
+
+def _weighted_column_sum(t: torch.Tensor, row_factor: torch.Tensor | None) -> torch.Tensor:
+    """Sum over all rows of ``t (..., N)``, each row times ``row_factor (..., 1)`` (ones when
+    None): ``(N,)``, in one read pass (see :data:`_COLUMN_CHUNK`)."""
+    n = t.shape[-1]
+    rows = t.reshape(math.prod(t.shape[:-1]), n)
+    if not rows.is_contiguous() or (t.dtype == torch.float32 and not _float32_matmul_is_exact()):
+        # broadcast strides (an expanded dy: no copy), or products in reduced precision
+        return (rows if row_factor is None else rows * row_factor.reshape(-1, 1)).sum(dim=0)
+    factor = rows.new_ones(rows.shape[0]) if row_factor is None else row_factor.reshape(-1)
+    whole = rows.shape[0] - rows.shape[0] % _COLUMN_CHUNK
+    total = factor[whole:] @ rows[whole:]
+    if whole:
+        chunks = torch.bmm(
+            factor[:whole].view(-1, 1, _COLUMN_CHUNK), rows[:whole].view(-1, _COLUMN_CHUNK, n)
+        )
+        total += chunks.sum(dim=0).squeeze(0)
+    return total
+
+
 def _row_dot(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """Per-row ``sum(t * scale)`` (keepdim), without a full-size temporary when ``scale`` is
     one vector (a matrix-vector product)."""
@@ -136,12 +171,14 @@ def _backward(
     n = x.shape[-1]
     dweight = dbias = None
 
-    def x_hat_into(out):
-        """x_hat written into ``out``."""
+    def unscaled_x_hat_into(out):
+        """x_hat without its row factor (``x_hat = t * row_factor``): x - mean written into
+        ``out`` (LayerNorm), x itself (RMSNorm: nothing written), or x_hat written into ``out``
+        (``x_is_y``: no row factor)."""
         if x_is_y:
             t = out.copy_(xf) if shift is None else torch.sub(xf, shift, out=out)
             return t if scale is None else t.div_(scale)
-        return torch.mul(xf, rstd, out=out) if is_rms else torch.sub(xf, mean, out=out).mul_(rstd)
+        return xf if is_rms else torch.sub(xf, mean, out=out)
 
     if torch.is_grad_enabled():
         # the formulas as written, differentiable (the double-backward path)
@@ -156,34 +193,34 @@ def _backward(
         dx = dx * rstd
         if need_dweight:
             dweight = _column_sum(dyf * x_hat, n)
+        if need_dbias:
+            dbias = _column_sum(dyf, n)
     else:
-        # the same formulas through one new buffer (see the module docstring on allocations)
+        # the same formulas through one new buffer (see the module docstring on allocations).
+        # rstd multiplies the row and column sums of dy * t, not t itself: a pass saved
+        row_factor = None if x_is_y else rstd
         buf = torch.empty(x.shape, dtype=acc, device=x.device)
-        x_hat_into(buf).mul_(dyf)  # dy * x_hat
+        t = unscaled_x_hat_into(buf)
+        prod = torch.mul(t, dyf, out=buf) if t is xf else t.mul_(dyf)  # dy * t
         if need_dweight:
-            dweight = _column_sum(buf, n)
-        c1 = _row_dot(buf, scale) / n  # mean(g * x_hat), g = dy * scale
-        c2 = None if is_rms else _row_dot(dyf, scale) / n  # mean(g)
-        # dx = rstd * (g - c2 - x_hat * c1), in as few passes as the layout allows
-        if x_is_y:
-            dx = x_hat_into(buf).mul_(-c1)
-            if c2 is not None:
-                dx.sub_(c2)
-        else:
-            # x_hat * c1 = (x - mean) * (rstd * c1): one pass for the row factor and c2
-            centred = xf if is_rms else torch.sub(xf, mean, out=buf)
-            factor = -(rstd * c1)
-            if c2 is None:
-                dx = torch.mul(centred, factor, out=buf)
-            else:
-                dx = torch.addcmul(-c2, centred, factor, out=buf)
+            dweight = _weighted_column_sum(prod, row_factor)
+        c1 = _row_dot(prod, scale).div_(n)  # mean(g * t), g = dy * scale
+        if row_factor is not None:
+            c1.mul_(row_factor)  # mean(g * x_hat)
+        # dx = rstd * (g - c2 - x_hat * c1) with c2 = mean(g) (LayerNorm) and
+        # x_hat * c1 = t * (row_factor * c1)
+        factor = -c1 if row_factor is None else -(row_factor * c1)
+        t = unscaled_x_hat_into(buf)
+        dx = torch.mul(t, factor, out=buf) if t is xf else t.mul_(factor)
+        if not is_rms:
+            dx.sub_(_row_dot(dyf, scale).div_(n))
         if scale is None:
             dx.add_(dyf)  # + g
         else:
             dx.addcmul_(dyf, scale)  # + g
         dx.mul_(rstd)
-    if need_dbias:
-        dbias = _column_sum(dyf, n)
+        if need_dbias:
+            dbias = _weighted_column_sum(dyf, None)
     return dx, dweight, dbias
 
 

@@ -104,6 +104,29 @@ def test_offset_rows_keep_precision():
     assert ours <= 2 * torchs + 1e-6, (ours, torchs)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_column_sums_stay_float32_under_reduced_matmul_precision(device, precision):
+    """dW and dB are column sums, taken as batched matrix products by default: with TF32 or
+    bfloat16 products allowed (``set_float32_matmul_precision``), they stay float32 sums."""
+    rows, n = 300, 64
+    x, dy = (
+        make_input((rows, n), torch.float32, device),
+        make_input((rows, n), torch.float32, device),
+    )
+    weight, bias = make_input(n, torch.float32, device), make_input(n, torch.float32, device)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        _, mean, rstd = reference.forward(x, weight, bias, 1e-5)
+        _, dweight, dbias = reference.backward(dy, x, weight, mean, rstd)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    *_, dw64, db64 = _oracle(x, weight, bias, dy, 1e-5, False)
+    assert_close(dweight, dw64, reduction=rows)
+    assert_close(dbias, db64, reduction=rows)
+
+
 class _ReferenceLayerNorm(torch.autograd.Function):
     """reference.forward with reference.backward as its gradient, for gradcheck."""
 

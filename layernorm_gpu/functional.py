@@ -61,8 +61,9 @@ def _norm(x, residual, weight, bias, shape, eps, *, is_rms, residual_in_fp32, we
 def _start_residual(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """The residual of a fused add where the residual stream starts (a pre-norm stack's first
     layer, ``residual=None`` as flash-attention's ``layer_norm_fn`` takes it): zeros of x's
-    dtype, so that h = x + 0 follows every dtype rule of a given residual; one zero row,
-    broadcast to every row (stride 0), which the kernels read without a copy."""
+    dtype, so that h = x + 0 follows every dtype rule of a given residual (and, as any sum
+    with +0, turns -0.0 into +0.0); one zero row, broadcast to every row (stride 0), which the
+    kernels read without a copy."""
     return x.new_zeros(shape).expand(x.shape)
 
 
@@ -172,7 +173,7 @@ def fused_add_layer_norm(
 
     Args:
         x, residual: ``(*, *normalized_shape)``, same shape, any float dtypes and strides;
-            residual None where the residual stream starts: h = x (in h's dtype, below).
+            residual None where the residual stream starts: h = x + 0 (in h's dtype, below).
         normalized_shape, weight, bias, eps: as :func:`layer_norm`.
         residual_in_fp32: keep h in (at least) float32.
         weight_offset, casting, memory_efficient, backend: see the module docstring.

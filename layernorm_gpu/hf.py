@@ -60,6 +60,9 @@ class Convention:
         float_params: the module casts its parameters to float32 (``weight.float()``), so it
             takes parameters of any dtype, where ``torch.nn.functional.layer_norm``'s dtype
             rule would reject some (a bfloat16 weight on float32 x).
+        normalized_shape: the module normalises the dims its ``normalized_shape`` attribute
+            names (torch's norms); else the last dim, its weight broadcasting against x's
+            trailing dims (transformers').
         formula: the module's ``forward``, as transformers writes it (for documentation).
     """
 
@@ -72,6 +75,7 @@ class Convention:
     bias: bool = False
     eps: str | float = "variance_epsilon"
     float_params: bool = False
+    normalized_shape: bool = False
 
 
 LLAMA = Convention("llama", True, "llama", "weight * x_hat.to(x.dtype)")
@@ -319,9 +323,17 @@ _TRANSFORMERS_TABLE: dict[Convention, tuple[str, ...]] = {
 }
 
 TORCH_LAYER_NORM = Convention(
-    "torch", False, "torch", "x_hat * weight + bias, rounded once", bias=True, eps="eps"
+    "torch",
+    False,
+    "torch",
+    "x_hat * weight + bias, rounded once",
+    bias=True,
+    eps="eps",
+    normalized_shape=True,
 )
-TORCH_RMS_NORM = Convention("torch", True, "torch", "x_hat * weight, rounded once", eps="eps")
+TORCH_RMS_NORM = Convention(
+    "torch", True, "torch", "x_hat * weight, rounded once", eps="eps", normalized_shape=True
+)
 
 #: class path (``type(m).__module__ + "." + type(m).__qualname__``) -> its convention
 TABLE: dict[str, Convention] = {
@@ -354,7 +366,8 @@ def norm_forward(
     Args:
         module: a norm module following ``convention``.
         x: ``(*, hidden)``; with a weight of more dims (Cohere's per-head query/key norms,
-            ``(heads, head_dim)``), ``(*, heads, head_dim)``, still normalised over the last dim.
+            ``(heads, head_dim)``), ``(*, heads, head_dim)``, still normalised over the last dim
+            (torch's norms: ``(*, *normalized_shape)``).
         backend: as in :func:`layernorm_gpu.rms_norm`.
 
     Returns:
@@ -364,11 +377,12 @@ def norm_forward(
     weight = getattr(module, "weight", None) if convention.weight else None
     bias = getattr(module, "bias", None) if convention.bias else None
     params = [p for p in (weight, bias) if p is not None]
-    if any(p.dim() > 1 for p in params):
+    shape = tuple(module.normalized_shape) if convention.normalized_shape else x.shape[-1:]
+    if any(p.dim() > len(shape) for p in params):
         return _broadcast_affine(x, weight, bias, eps, convention, backend)
     if convention.float_params and any(p.dtype != x.dtype for p in params):
-        weight, bias = (None if p is None else p.float() for p in (weight, bias))
-    shape = x.shape[-1:]
+        # the module's weight.float(), in the arithmetic dtype (float64 for float64 x)
+        weight, bias = (None if p is None else p.to(acc_dtype(x.dtype)) for p in (weight, bias))
     common = {"weight_offset": convention.weight_offset, "casting": convention.casting}
     if convention.is_rms:
         return F.rms_norm(x, shape, weight, eps, **common, backend=backend)

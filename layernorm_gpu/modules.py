@@ -170,7 +170,13 @@ class _ConventionNorm(nn.Module):
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         # the original forward's one tensor, by position or by its own name (hidden_states, x)
-        (x,) = (*args, *kwargs.values())
+        given = (*args, *kwargs.values())
+        if len(given) != 1:
+            raise TypeError(
+                f"{type(self).__name__}.forward takes one tensor (the hidden states), got "
+                f"{len(args)} positional and {len(kwargs)} keyword arguments"
+            )
+        (x,) = given
         return hf.norm_forward(self, x, self.convention, self.backend)
 
     def extra_repr(self) -> str:

@@ -138,8 +138,10 @@ def _weighted_column_sum(t: torch.Tensor, row_factor: torch.Tensor | None) -> to
     whole = rows.shape[0] - rows.shape[0] % _COLUMN_CHUNK
     total = factor[whole:] @ rows[whole:]
     if whole:
+        n_chunks = whole // _COLUMN_CHUNK  # explicit: -1 is ambiguous for empty rows (n = 0)
         chunks = torch.bmm(
-            factor[:whole].view(-1, 1, _COLUMN_CHUNK), rows[:whole].view(-1, _COLUMN_CHUNK, n)
+            factor[:whole].view(n_chunks, 1, _COLUMN_CHUNK),
+            rows[:whole].view(n_chunks, _COLUMN_CHUNK, n),
         )
         total += chunks.sum(dim=0).squeeze(0)
     return total

@@ -287,12 +287,36 @@ def test_cohere_with_query_key_norms_matches_unpatched(backend: str) -> None:
         _check_2x(name, grad, grads_hf[name], grads_exact[name], rows=ids.numel())
 
 
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_float32_parameter_conventions_take_float64_x(param_dtype: torch.dtype) -> None:
+    """``weight.float()`` on float64 x is the float64 arithmetic (the reference backend's)."""
+    theirs = _build(_PREFIX + "cohere.modeling_cohere.CohereLayerNorm").to(param_dtype)
+    _check_module(theirs, make_input((4, 16, 64), torch.float64), "reference")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", [nn.LayerNorm, nn.RMSNorm])
+def test_norm_forward_of_torch_norms_normalises_their_normalized_shape(cls, backend) -> None:
+    """torch's norms in the table normalise every dim of their ``normalized_shape``, not the
+    last alone (their weight is not a per-head one)."""
+    module = cls((4, 16))
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(make_input(param.shape, torch.float32, "cpu", scale=0.5))
+    x = make_input((3, 4, 16), torch.float32)
+    y = hf.norm_forward(module, x, hf.convention_of(cls), backend)
+    torch.testing.assert_close(y, module(x))
+
+
 def test_replaced_norm_takes_its_argument_by_its_own_name() -> None:
     """transformers' norms name their input (``hidden_states``, ``x``): a keyword call still
-    works once replaced."""
+    works once replaced; anything but one tensor is a TypeError, as in transformers."""
     norm = replace_norms(_build(_PREFIX + "llama.modeling_llama.LlamaRMSNorm"))
     x = make_input((3, 64), torch.float32)
     assert torch.equal(norm(hidden_states=x), norm(x))
+    for args, kwargs in (((), {}), ((x, x), {}), ((x,), {"hidden_states": x})):
+        with pytest.raises(TypeError, match="one tensor"):
+            norm(*args, **kwargs)
 
 
 def test_bitwise_equal_to_transformers_in_bfloat16() -> None:

@@ -250,13 +250,14 @@ _NOT_ROW_NORMS = (
     nn.CrossMapLRN2d,
 )
 _NOT_ROW_REASON = "normalises over channels or groups, not over the last dims"
-_NORM_LIKE_NAME = re.compile(r"Norm(\dd)?$")
+# a class name ending in Norm, optionally followed by suffixes (BatchNorm2d, MambaRMSNormGated)
+_NORM_LIKE_NAME = re.compile(r"Norm(\dd|[A-Z][a-z]+)*$")
 
 
 def _why_left_alone(module: nn.Module) -> str | None:
     """Why a module that is not recognised is left alone, or None if it is not norm-like
     (a torch norm, a subclass of a recognised class, or a leaf whose class name ends in
-    ``Norm``)."""
+    ``Norm``, or in ``Norm`` and suffixes such as ``NormGated``)."""
     cls = _unparametrized_class(module)
     if isinstance(module, _NOT_ROW_NORMS):
         return _NOT_ROW_REASON

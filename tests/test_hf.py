@@ -486,6 +486,18 @@ def test_unrecognised_transformers_norm_is_left_alone_and_reported() -> None:
     assert report.left_alone[0].reason.startswith("class not in layernorm_gpu.hf.TABLE")
 
 
+def test_gated_norms_are_reported_left_alone() -> None:
+    """Mamba2's gated RMSNorm (``norm(x * silu(gate))``, two inputs) is none of the table's
+    conventions: named ``...NormGated``, it is still reported, and warned about."""
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    model = nn.Sequential(MambaRMSNormGated(64, 64), _build(_PREFIX + REPRESENTATIVES[0]))
+    with pytest.warns(UserWarning, match="LEFT ALONE"):
+        report = replace_norms(model, report=True)
+    assert type(model[0]) is MambaRMSNormGated and len(report.replaced) == 1
+    assert [entry.name for entry in report.left_alone] == ["0"]
+
+
 def test_patched_transformers_model_saves_and_loads_whole() -> None:
     model = replace_norms(tiny_model("gemma3"), backend="reference")
     buffer = io.BytesIO()

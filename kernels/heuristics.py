@@ -306,6 +306,17 @@ class PartialSumConfig:
     grid: int
 
 
+def tile_meta(cfg: NormConfig | ColumnsConfig) -> dict[str, int | bool]:
+    """The tile constexprs (the kernels' names) and warps a launch takes from its config."""
+    return dict(
+        ROWS_PER_TILE=cfg.rows_per_tile,
+        BLOCK_N=cfg.block_n,
+        INT64_ROWS=cfg.int64_rows,
+        NUM_STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
+    )
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import NormConfig, Target, backward_config, partial_sum_config
+from .heuristics import NormConfig, Target, backward_config, partial_sum_config, tile_meta
 from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
@@ -621,15 +621,7 @@ def norm_bwd(
         COMPUTE_DB=dbias is not None,
     )
     align = vector_align(n_cols, x_layout, dy_layout, dh_layout)
-    constexprs = dict(
-        **math_flags,
-        ROWS_PER_TILE=cfg.rows_per_tile,
-        BLOCK_N=cfg.block_n,
-        ALIGN=align,
-        INT64_ROWS=cfg.int64_rows,
-        NUM_STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps,
-    )
+    constexprs = dict(**math_flags, ALIGN=align, **tile_meta(cfg))
     # RMSNorm has no mean (the forward returns an empty one), and x_hat from y needs none: the
     # kernels never read it then
     mean = None if is_rms or x_is_y else mean
@@ -683,13 +675,9 @@ def norm_bwd(
                 # the tiles of every row, which each program walks (its loop runs to n_rows)
                 triton.cdiv(n_rows, columns.rows_per_tile),
                 **math_flags,
-                ROWS_PER_TILE=columns.rows_per_tile,
-                BLOCK_N=columns.block_n,
                 ALIGN=align,
-                INT64_ROWS=columns.int64_rows,
-                NUM_STAGES=columns.num_stages,
                 COLUMNS=True,
-                num_warps=columns.num_warps,
+                **tile_meta(columns),
             )
         if partial:
             red = partial_sum_config(cfg.grid, n_cols)

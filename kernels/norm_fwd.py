@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import occupancy
-from .heuristics import NormConfig, Target, forward_config
+from .heuristics import NormConfig, Target, forward_config, tile_meta
 from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
@@ -385,12 +385,8 @@ def norm_fwd(
             HAS_WEIGHT=weight is not None,
             HAS_BIAS=bias is not None,
             X_HAT_DTYPE=_TL_DTYPES[x_hat_dtype or torch.float32],
-            ROWS_PER_TILE=cfg.rows_per_tile,
-            BLOCK_N=cfg.block_n,
             ALIGN=vector_align(n_cols, x_layout, r_layout),
-            INT64_ROWS=cfg.int64_rows,
-            NUM_STAGES=cfg.num_stages,
-            num_warps=cfg.num_warps,
+            **tile_meta(cfg),
         )
         return NORM_FWD_SINGLE_BLOCK if cfg.single_block else NORM_FWD_LOOPED, args, kwargs
 

@@ -133,7 +133,7 @@ def _weighted_column_sum(t: torch.Tensor, row_factor: torch.Tensor | None) -> to
     rows = t.reshape(math.prod(t.shape[:-1]), n)
     if not rows.is_contiguous() or (t.dtype == torch.float32 and not _float32_matmul_is_exact()):
         # broadcast strides (an expanded dy: no copy), or products in reduced precision
-        return (rows if row_factor is None else rows * row_factor.reshape(-1, 1)).sum(dim=0)
+        return _column_sum(rows if row_factor is None else rows * row_factor.reshape(-1, 1), n)
     factor = rows.new_ones(rows.shape[0]) if row_factor is None else row_factor.reshape(-1)
     whole = rows.shape[0] - rows.shape[0] % _COLUMN_CHUNK
     total = factor[whole:] @ rows[whole:]

@@ -104,11 +104,50 @@ def test_offset_rows_keep_precision():
     assert ours <= 2 * torchs + 1e-6, (ours, torchs)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.fixture
+def matmul_precision():
+    """Sets ``torch.set_float32_matmul_precision`` for the test, restoring it after."""
+    previous = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_column_sums_take_no_matrix_product_in_reduced_precision(
+    monkeypatch, matmul_precision, precision
+):
+    """The column sums of the no-grad backward are matrix products only where float32 products
+    round as float32: with TF32 or bfloat16 allowed, a product would be caught here (on CPUs
+    without bfloat16 matrix units the precision setting changes no result, so the test
+    watches the products themselves)."""
+    t, factor = (
+        make_input((40, 24), torch.float32, "cpu"),
+        make_input((40, 1), torch.float32, "cpu"),
+    )
+    expected = (t * factor).sum(dim=0)
+    matmul_precision(precision)
+    used = []
+
+    def watch(name, fn):
+        def watched(*args, **kwargs):
+            used.append(name)
+            return fn(*args, **kwargs)
+
+        return watched
+
+    monkeypatch.setattr(torch, "bmm", watch("bmm", torch.bmm))
+    monkeypatch.setattr(torch.Tensor, "__matmul__", watch("@", torch.Tensor.__matmul__))
+    got = reference._weighted_column_sum(t, factor)
+    assert (used != []) == (precision == "highest"), used
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["high", "medium"])
-def test_column_sums_stay_float32_under_reduced_matmul_precision(device, precision):
+def test_column_sums_stay_float32_under_reduced_matmul_precision(precision):
     """dW and dB are column sums, taken as batched matrix products by default: with TF32 or
     bfloat16 products allowed (``set_float32_matmul_precision``), they stay float32 sums."""
+    device = "cuda"
     rows, n = 300, 64
     x, dy = (
         make_input((rows, n), torch.float32, device),

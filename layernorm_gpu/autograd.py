@@ -15,11 +15,19 @@ rule, and how a call reaches them.
 * When the backward itself is differentiated (``create_graph=True``, or inside a ``torch.func``
   transform), it runs :func:`.reference.norm_bwd_differentiable`, differentiable torch ops, so
   double backward and Hessians are exact.
+* Where neither can give the right derivatives, the call runs as the reference's torch ops
+  (:func:`.ops.norm_fwd_differentiable`), which every transform differentiates itself
+  (:func:`_torch_ops_needed`): forward-mode AD nested with another level of AD (PyTorch runs an
+  ``autograd.Function``'s ``jvp`` at one level only, so ``jacfwd(jacfwd(f))`` would be zero),
+  and ``torch.compile`` inside a ``torch.func`` transform or forward-AD level (Dynamo traces
+  neither a custom ``jvp`` nor the op's autograd under ``torch.func``).
 """
 
 from __future__ import annotations
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd import forward_ad
 
 from . import ops, reference, sharding
@@ -77,10 +85,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _recomputable(ctx, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
-    """Whether x_hat may be recomputed from y (see RECOMPUTE_MIN_SCALE): decided on the host,
-    once per version of the parameters (a sync then, none on later calls). Not under
-    torch.compile or CUDA-graph capture (no host sync there) nor forward-mode AD: those save
-    the norm's input."""
+    """Whether x_hat may be recomputed from y (see RECOMPUTE_MIN_SCALE), checked on every call
+    (on a GPU, one flag copied to the host): a cached answer could be stale, since FSDP2's
+    all-gather and writes through ``.data`` change a weight in place without a new version.
+    Not under torch.compile or CUDA-graph capture (no host sync there) nor forward-mode AD:
+    those save the norm's input."""
     if torch.compiler.is_compiling() or _forward_ad_active():
         return False
     params = [t for t in (weight, bias) if t is not None]
@@ -88,20 +97,13 @@ def _recomputable(ctx, weight: torch.Tensor | None, bias: torch.Tensor | None) -
         return False
     if not params:
         return True
-    offset = ctx.options["weight_offset"]
-    key = (offset, *((t.data_ptr(), t._version) for t in params))
-    holder = params[0]
-    cached = getattr(holder, "_layernorm_gpu_recomputable", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
     with torch.no_grad():
-        scale = torch.ones(()) if weight is None else weight.float() + offset
+        scale = torch.ones(()) if weight is None else weight.float() + ctx.options["weight_offset"]
         scale = scale.abs()
-        ok = bool(torch.all(scale > RECOMPUTE_MIN_SCALE * scale.max()))
-        if ok and bias is not None:
-            ok = bool(torch.all(bias.float().abs() <= RECOMPUTE_MAX_SHIFT * scale))
-    holder._layernorm_gpu_recomputable = (key, ok)
-    return ok
+        ok = torch.all(scale > RECOMPUTE_MIN_SCALE * scale.max())
+        if bias is not None:
+            ok = ok & torch.all(bias.float().abs() <= RECOMPUTE_MAX_SHIFT * scale)
+        return bool(ok)
 
 
 def _forward_ad_active() -> bool:
@@ -118,6 +120,36 @@ def _h_is_differentiable(ctx) -> bool:
 
 def _functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _functorch_levels() -> tuple[TransformType, ...]:
+    """The kinds of the active ``torch.func`` transforms, outermost first."""
+    if not _functorch_active():
+        return ()
+    return tuple(i.key() for i in retrieve_all_functorch_interpreters())
+
+
+# torch.compiler.assume_constant_result(_functorch_levels), which would import Dynamo with the
+# package (seconds): Dynamo calls it while tracing (it cannot trace the functorch stack) and
+# guards on the functorch stack itself, so a graph traced outside torch.func is not reused
+# inside it
+_functorch_levels._dynamo_marked_constant = True
+
+
+def _torch_ops_needed(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call must run as torch ops (see the module docstring): under torch.compile,
+    inside any ``torch.func`` derivative transform or forward-AD level; in eager, forward-mode
+    AD together with another level of AD (a second transform, or inputs that need gradients
+    while grad mode is on: reverse over forward)."""
+    levels = _functorch_levels()
+    dual = forward_ad._current_level >= 0
+    derivative_levels = dual + sum(k in (TransformType.Grad, TransformType.Jvp) for k in levels)
+    if torch.compiler.is_compiling():
+        return derivative_levels > 0
+    if not (dual or TransformType.Jvp in levels):
+        return False
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return derivative_levels > 1 or wants_grad
 
 
 def _differentiating_backward() -> bool:
@@ -234,6 +266,8 @@ def norm_fwd(
     """Differentiable ``norm_fwd``: the op under ``torch.compile``, :class:`NormFunction`
     otherwise. ``options`` are the op's arguments named in :data:`OPTION_NAMES`."""
     sharding.register_if_dtensor(x)
+    if _torch_ops_needed(x, residual, weight, bias):
+        return ops.norm_fwd_differentiable(x, residual, weight, bias, **options)
     if torch.compiler.is_compiling():
         return ops.norm_fwd(x, residual, weight, bias, **options)
     return NormFunction.apply(x, residual, weight, bias, *(options[k] for k in OPTION_NAMES))

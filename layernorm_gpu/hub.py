@@ -41,13 +41,18 @@ LAYER_NAMES = ("RMSNorm", "RMSNormZeroCentered")
 
 
 def _forward(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    convention = hf.convention_of(type(module))
+    from .modules import _ConventionNorm
+
+    # a module replace_norms re-classed keeps its original class's convention
+    patched = isinstance(module, _ConventionNorm)
+    convention = module.convention if patched else hf.convention_of(type(module))
     if convention is None:
         raise TypeError(
             f"layernorm_gpu has no numeric convention for {hf.class_path(type(module))}: "
             "add it to layernorm_gpu.hf.TABLE after reading its forward"
         )
-    return hf.norm_forward(module, hidden_states, convention, backend=None)
+    backend = module.backend if patched else None
+    return hf.norm_forward(module, hidden_states, convention, backend=backend)
 
 
 class RMSNorm(nn.Module):

@@ -8,6 +8,7 @@ the norm modules of an existing model (torch's and the transformers ones listed 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import warnings
 from collections import Counter
@@ -201,7 +202,14 @@ def _patched_class(cls: type) -> type:
         return RMSNorm
     if cls not in _PATCHED:
         path = hf.class_path(cls)
+
+        def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+            return _ConventionNorm.forward(self, *args, **kwargs)
+
+        # the original forward's signature, which kernels.kernelize checks a layer against
+        forward.__signature__ = inspect.signature(cls.forward)
         namespace = {
+            "forward": forward,
             "convention": hf.TABLE[path],
             "__module__": __name__,
             "__qualname__": _PATCHED_PREFIX + path.replace(".", "__"),
@@ -237,6 +245,14 @@ def _reclass(module: nn.Module, backend: str | None) -> None:
     module.backend = backend
 
 
+def _runs_hub_layer(module: nn.Module) -> bool:
+    """Whether the forward set on ``module`` is one of :mod:`.hub`'s layers (kernelized)."""
+    from . import hub
+
+    layers = {getattr(hub, name).forward for name in hub.LAYER_NAMES}
+    return getattr(vars(module)["forward"], "__func__", None) in layers
+
+
 def _unparametrized_class(module: nn.Module) -> type:
     cls = type(module)
     return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
@@ -250,6 +266,10 @@ _NOT_ROW_NORMS = (
     nn.CrossMapLRN2d,
 )
 _NOT_ROW_REASON = "normalises over channels or groups, not over the last dims"
+_INSTANCE_FORWARD_REASON = (
+    "its forward is set on the instance (by a parallel plan, kernels.kernelize or an "
+    "accelerate hook), which a new class would not reach: call replace_norms before those"
+)
 # a class name ending in Norm, optionally followed by suffixes (BatchNorm2d, MambaRMSNormGated)
 _NORM_LIKE_NAME = re.compile(r"Norm(\dd|[A-Z][a-z]+)*$")
 
@@ -389,6 +409,13 @@ def replace_norms(
             result.already_ours.append(name)
             return
         convention = hf.convention_of(_unparametrized_class(module))
+        if convention is not None and "forward" in vars(module):
+            if _runs_hub_layer(module):
+                result.already_ours.append(name)
+            else:
+                cls_path = hf.class_path(_unparametrized_class(module))
+                result.left_alone.append(LeftAlone(name, cls_path, _INSTANCE_FORWARD_REASON))
+            return
         if convention is not None:
             result.replaced.append(
                 ReplacedNorm(name, hf.class_path(_unparametrized_class(module)), convention)

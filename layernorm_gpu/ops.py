@@ -120,6 +120,20 @@ def _norm_fwd_impl(
     )  # fmt: skip
 
 
+def norm_fwd_differentiable(x, residual, weight, bias, n_norm_dims, eps, weight_offset,
+                            is_rms, residual_in_fp32, casting, backend,
+                            memory_efficient=False):  # fmt: skip
+    """``norm_fwd`` as the reference's torch ops, not the op: what autograd, ``torch.func`` and
+    ``torch.compile`` then differentiate are those ops themselves, to any order and in any
+    nesting (see :func:`.autograd.norm_fwd` for when). ``backend`` and ``memory_efficient`` are
+    not used."""
+    check_dtypes(x, weight, bias, is_rms=is_rms)
+    return _forward(
+        _backend("reference"), x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms,
+        residual_in_fp32, casting,
+    )  # fmt: skip
+
+
 @torch.library.register_fake(f"{_LIB}::norm_fwd")
 def _(x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
       casting, backend, memory_efficient=False):  # fmt: skip

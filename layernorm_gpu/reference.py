@@ -62,9 +62,21 @@ _COLUMN_CHUNK = 16
 _SQUARE_SUM_CHUNK = 256
 
 
+def _may_write_in_place() -> bool:
+    """Whether intermediates may be written in place (``out=``, ``add_``, ``copy_``): no
+    autograd graph records them, no forward-mode AD level carries tangents through them and no
+    ``torch.func`` transform wraps them (vmap has no batching rule for ``out=`` ops, and an outer
+    level's batched or dual value cannot be written into a plain tensor)."""
+    return (
+        not torch.is_grad_enabled()
+        and torch.autograd.forward_ad._current_level < 0
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
 def _sum_of_squares(c: torch.Tensor) -> torch.Tensor:
     """Row sums of ``c * c`` (over the last dim)."""
-    if torch.is_grad_enabled():
+    if not _may_write_in_place():
         # vector_norm's gradient at a zero row is NaN: square explicitly (differentiable path)
         return (c * c).sum(dim=-1)
     n = c.shape[-1]
@@ -82,7 +94,7 @@ def _forward(x, weight, bias, eps, is_rms, weight_offset, x_hat_dtype=None):
     """``(y, mean, rstd)`` of rows ``x (..., N)`` in the accumulation dtype (mean None for
     RMSNorm); weight and bias broadcast into x's shape."""
     acc = acc_dtype(x.dtype)
-    in_place = not torch.is_grad_enabled()
+    in_place = _may_write_in_place()
     xf = x.to(acc)
     n = x.shape[-1]
     mean = None
@@ -182,7 +194,7 @@ def _backward(
             return t if scale is None else t.div_(scale)
         return xf if is_rms else torch.sub(xf, mean, out=out)
 
-    if torch.is_grad_enabled():
+    if not _may_write_in_place():
         # the formulas as written, differentiable (the double-backward path)
         if x_is_y:
             x_hat = (xf if shift is None else xf - shift) / (1.0 if scale is None else scale)
@@ -409,6 +421,8 @@ def _as_output(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.
     place under autograd, which torch's own norms allow)."""
     if t.dtype == dtype and t.shape == shape and t.is_contiguous() and t._base is None:
         return t
+    if not _may_write_in_place():  # out of place, for autograd and torch.func
+        return t.reshape(shape).to(dtype).clone(memory_format=torch.contiguous_format)
     return torch.empty(shape, dtype=dtype, device=t.device).copy_(t.reshape(shape))
 
 

@@ -247,6 +247,100 @@ def test_property_jvp_vjp_vmap_match_torch(lead, n, transpose, is_rms, backend):
     )
 
 
+# --- nested transforms with forward mode, and torch.func under torch.compile -----------------
+
+
+def _scalar_pairs(backend: str):
+    """(ours, torch's) as scalar functions of x alone (weight, bias and residual fixed)."""
+    device, dtype = _setup(backend)
+    _, w, b, r = _inputs((2, N), device, dtype)
+    c = make_input((2, N), dtype, device)
+    fixed = (w.detach(), b.detach(), r.detach())
+
+    def scalar(f, params):
+        def loss(x):
+            out = f(x, *params)
+            out = out if isinstance(out, tuple) else (out,)
+            return sum((o * c.to(o.dtype) * (k + 1)).sum() for k, o in enumerate(out))
+
+        return loss
+
+    return {
+        name: (scalar(ours, fixed), scalar(theirs, _f64(fixed)))
+        for name, (ours, theirs) in _pairs(backend).items()
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", list(_pairs("reference")))
+def test_second_derivatives_through_forward_mode(backend, fn):
+    """jacfwd(jacfwd), jacrev(jacfwd) and jvp(jvp) (forward mode nested with another level):
+    the Hessian of torch's functions, taken in reverse mode twice in float64. (torch's own
+    layer_norm gets these wrong: its forward-mode rule treats mean and rstd as constants.)"""
+    device, dtype = _setup(backend)
+    ours, theirs = _scalar_pairs(backend)[fn]
+    x = make_input((2, N), dtype, device)
+    v = make_input((2, N), dtype, device)
+    hessian = torch.func.jacrev(torch.func.jacrev(theirs))(x.double().cpu())
+    for name, got in (
+        ("jacfwd(jacfwd)", torch.func.jacfwd(torch.func.jacfwd(ours))(x)),
+        ("jacrev(jacfwd)", torch.func.jacrev(torch.func.jacfwd(ours))(x)),
+    ):
+        _check(got, hessian, name)
+    tangent = torch.func.jvp(lambda z: torch.func.jvp(ours, (z,), (v,))[1], (x,), (v,))[1]
+    v64 = v.double().cpu()
+    _check(tangent, (hessian * v64[:, :, None, None] * v64).sum(), "jvp(jvp)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reverse_over_forward_ad(backend):
+    """torch.autograd.forward_ad on an input that also needs a gradient: backward of the
+    tangent is the Hessian-vector product."""
+    import torch.autograd.forward_ad as fwAD
+
+    device, dtype = _setup(backend)
+    ours, theirs = _scalar_pairs(backend)["layer_norm"]
+    x = make_input((2, N), dtype, device, requires_grad=True)
+    v = make_input((2, N), dtype, device)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(ours(fwAD.make_dual(x, v))).tangent
+    (got,) = torch.autograd.grad(tangent, x)
+    hessian = torch.func.jacrev(torch.func.jacrev(theirs))(x.detach().double().cpu())
+    _check(got, (hessian * v.double().cpu()).sum(dim=(-2, -1)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_and_forward_ad_under_torch_compile(backend):
+    """Compiled grad(f), jvp(f), and forward AD through a compiled f: torch's results."""
+    import torch.autograd.forward_ad as fwAD
+
+    device, dtype = _setup(backend)
+    ours, theirs = _scalar_pairs(backend)["fused_add_layer_norm"]
+    x, v = make_input((2, N), dtype, device), make_input((2, N), dtype, device)
+    x64, v64 = x.double().cpu(), v.double().cpu()
+    torch._dynamo.reset()
+    grad = torch.compile(torch.func.grad(ours), backend="aot_eager")(x)
+    _check(grad, torch.func.grad(theirs)(x64), "compile(grad)")
+    jvp = torch.compile(lambda z: torch.func.jvp(ours, (z,), (v,))[1], backend="aot_eager")(x)
+    _check(jvp, torch.func.jvp(theirs, (x64,), (v64,))[1], "compile(jvp)")
+    compiled = torch.compile(ours, backend="aot_eager")
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(compiled(fwAD.make_dual(x, v))).tangent
+    assert tangent is not None
+    _check(tangent, torch.func.jvp(theirs, (x64,), (v64,))[1], "forward AD through compile")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", ["layer_norm", "fused_add_layer_norm", "rms_norm"])
+def test_nested_vmap_with_parameters_batched_at_both_levels(backend, fn):
+    device, dtype = _setup(backend)
+    ours, theirs = _pairs(backend)[fn]
+    x, r = make_input((2, 3, 4, N), dtype, device), make_input((2, 3, 4, N), dtype, device)
+    w, b = make_input((2, 3, N), dtype, device), make_input((2, 3, N), dtype, device)
+    vmap2 = lambda f: torch.func.vmap(torch.func.vmap(f))  # noqa: E731
+    _check(vmap2(ours)(x, w, b, r), vmap2(theirs)(*_f64((x, w, b, r))))
+
+
 # --- gradients nobody asked for -----------------------------------------------------------
 
 
@@ -390,6 +484,26 @@ def test_memory_efficient_falls_back_where_ill_conditioned(backend, case):
     want = torch.autograd.grad(
         F.layer_norm(leaves[0], (N,), *leaves[1:]), leaves, dy.double().cpu()
     )
+    for g, e in zip(grads, want, strict=True):
+        assert_close(g, e, reduction=4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_efficient_sees_a_weight_written_without_a_new_version(backend):
+    """FSDP2's all-gather (and writes through ``.data``) change a weight in place without
+    bumping its version: a zero written that way must still make the norm save its input."""
+    device, dtype = _setup(backend)
+    x = make_input((4, N), dtype, device, requires_grad=True)
+    w = (1.0 + 0.2 * make_input(N, dtype, device)).requires_grad_()
+    lg.layer_norm(x, N, w, memory_efficient=True, backend=backend).sum().backward()
+    version = w._version
+    w.data[2] = 0.0
+    assert w._version == version
+    y = lg.layer_norm(x, N, w, memory_efficient=True, backend=backend)
+    dy = make_input(y.shape, dtype, device)
+    grads = torch.autograd.grad(y, [x, w], dy)
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w)]
+    want = torch.autograd.grad(F.layer_norm(leaves[0], (N,), leaves[1]), leaves, dy.double().cpu())
     for g, e in zip(grads, want, strict=True):
         assert_close(g, e, reduction=4)
 

@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from bench.model import ARCHS, tiny_model
 from helpers import make_input, tolerance
 from layernorm_gpu import dispatch, hf, hub, replace_norms
+from layernorm_gpu.modules import _ConventionNorm
 
 BACKENDS = ("reference", "triton")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -349,7 +350,12 @@ def test_bitwise_equal_to_transformers_in_bfloat16() -> None:
 
 
 def _norm_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if hf.convention_of(type(m)) is not None]
+    """The recognised norms of ``model``, re-classed by replace_norms or not."""
+    return [
+        m
+        for m in model.modules()
+        if hf.convention_of(type(m)) is not None or isinstance(m, _ConventionNorm)
+    ]
 
 
 def _randomize_norms(model: nn.Module) -> None:
@@ -537,9 +543,11 @@ def hub_kernels(monkeypatch: pytest.MonkeyPatch):
             sys.modules["kernels"] = shadowed
 
 
-def _kernelized_llama_check(kernels, mapping) -> None:
+def _kernelized_llama_check(kernels, mapping, replaced_first: bool = False) -> None:
     theirs = _model_case("llama", torch.float32)
     model = copy.deepcopy(theirs)
+    if replaced_first:
+        replace_norms(model, backend="reference")
     with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
         kernels.kernelize(model, mode=kernels.Mode.TRAINING, device="cpu", use_fallback=False)
     norms = _norm_modules(model)
@@ -561,6 +569,17 @@ def test_kernelize_with_our_layers_in_process(hub_kernels) -> None:
     """``kernels.kernelize`` with :func:`layernorm_gpu.hub.kernel_mapping` (repositories that
     hand over the installed layer classes) swaps the forward of every Llama norm for ours."""
     _kernelized_llama_check(hub_kernels, hub.kernel_mapping(("cpu",)))
+
+
+def test_kernelize_after_replace_norms(hub_kernels) -> None:
+    """Norms that replace_norms re-classed keep their class's convention under the hub
+    layers; replace_norms after kernelize counts them as ours."""
+    _kernelized_llama_check(hub_kernels, hub.kernel_mapping(("cpu",)), replaced_first=True)
+    model = _model_case("llama", torch.float32)
+    with hub_kernels.use_kernel_mapping(hub.kernel_mapping(("cpu",)), inherit_mapping=False):
+        hub_kernels.kernelize(model, mode=hub_kernels.Mode.TRAINING, device="cpu")
+    report = replace_norms(model, report=True)
+    assert len(report.already_ours) == 5 and not report.replaced and not report.left_alone
 
 
 def test_kernelize_with_a_local_layer_repository(hub_kernels, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import types
 
 import pytest
 import torch
@@ -416,6 +417,24 @@ def test_report_counts_replacements_and_says_what_was_left_alone() -> None:
     assert "3 norm modules now run layernorm_gpu" in text
     assert "replaced   2 x torch.nn.modules.normalization.LayerNorm" in text
     assert "LEFT ALONE   1 x test_replace_norms._CustomRMSNorm" in text
+
+
+def test_a_forward_set_on_the_instance_is_left_alone_and_reported() -> None:
+    """A parallel plan (transformers' tensor-parallel styles), ``kernels.kernelize`` or an
+    accelerate hook sets ``forward`` on the instance, which a new class would not reach:
+    such a norm is reported left alone, with a warning, and keeps running its own forward."""
+    model = nn.Sequential(nn.LayerNorm(8), nn.RMSNorm(8), nn.LayerNorm(8))
+    original = model[0].forward
+    model[0].forward = lambda x: original(x)
+    model[1].forward = types.MethodType(nn.RMSNorm.forward, model[1])
+    with pytest.warns(UserWarning, match="set on the instance"):
+        report = replace_norms(model, report=True)
+    assert [item.name for item in report.left_alone] == ["0", "1"]
+    assert [r.name for r in report.replaced] == ["2"]
+    assert type(model[0]) is nn.LayerNorm and type(model[1]) is nn.RMSNorm
+    dispatch.calls.clear()
+    model(make_input((2, 8), torch.float32))
+    assert sum(dispatch.calls.values()) == 1
 
 
 def test_nothing_replaced_is_loud() -> None:

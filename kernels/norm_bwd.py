@@ -236,7 +236,7 @@ def _norm_bwd_single_block_kernel(
 
     ``COLUMNS`` (the column-parallel backward of rows too wide for L2): program ``p`` owns
     columns ``[p * BLOCK_N, (p + 1) * BLOCK_N)`` of every row and walks the tiles of all rows,
-    first to last (``tiles_per_program`` of them). It writes dx from each row's c1, c2 (``C``)
+    first to last (``tiles_per_program`` is not read). It writes dx from each row's c1, c2 (``C``)
     and sums dW and dB of its columns over every row in float32 registers (each row lane of
     the tile in row order, then the lanes in a fixed tree), storing them once in W's and B's
     dtypes: deterministic, and no partials, since the columns of one program are no other's.
@@ -672,8 +672,9 @@ def norm_bwd(
                 n_cols,
                 *layouts,
                 weight_offset,
-                # the tiles of every row, which each program walks (its loop runs to n_rows)
-                triton.cdiv(n_rows, columns.rows_per_tile),
+                # tiles_per_program, not read in COLUMNS mode (the loop runs to n_rows): a
+                # constant, so that row counts do not specialise the kernel more than n_rows does
+                1,
                 **math_flags,
                 ALIGN=align,
                 COLUMNS=True,

@@ -136,20 +136,25 @@ def _functorch_levels() -> tuple[TransformType, ...]:
 _functorch_levels._dynamo_marked_constant = True
 
 
-def _torch_ops_needed(*tensors: torch.Tensor | None) -> bool:
-    """Whether a call must run as torch ops (see the module docstring): under torch.compile,
-    inside any ``torch.func`` derivative transform or forward-AD level; in eager, forward-mode
-    AD together with another level of AD (a second transform, or inputs that need gradients
-    while grad mode is on: reverse over forward)."""
-    levels = _functorch_levels()
-    dual = forward_ad._current_level >= 0
-    derivative_levels = dual + sum(k in (TransformType.Grad, TransformType.Jvp) for k in levels)
+def _torch_ops_needed(x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """Whether a call must run as torch ops (see the module docstring). Under torch.compile:
+    inside any derivative transform (``torch.func`` grad / jvp, or a forward-AD level). In
+    eager: when the innermost derivative level is forward mode and either another one is
+    outside it (``jacfwd(jacfwd)``, ``jacrev(jacfwd)``) or x or the residual needs a gradient
+    (reverse over forward: the tangent depends on x through mean and rstd, which the op returns
+    as constants; through the parameters it is exact). Forward over reverse (``hessian``) and a
+    single ``jvp`` keep the op."""
+    levels = [k for k in _functorch_levels() if k in (TransformType.Grad, TransformType.Jvp)]
+    if forward_ad._current_level >= 0 and TransformType.Jvp not in levels:
+        # the user's own dual level (torch.func.jvp opens one for itself): taken as innermost
+        levels.append(TransformType.Jvp)
     if torch.compiler.is_compiling():
-        return derivative_levels > 0
-    if not (dual or TransformType.Jvp in levels):
+        return bool(levels)
+    if not levels or levels[-1] != TransformType.Jvp:
         return False
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return derivative_levels > 1 or wants_grad
+    if len(levels) > 1:
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual))
 
 
 def _differentiating_backward() -> bool:
@@ -266,7 +271,7 @@ def norm_fwd(
     """Differentiable ``norm_fwd``: the op under ``torch.compile``, :class:`NormFunction`
     otherwise. ``options`` are the op's arguments named in :data:`OPTION_NAMES`."""
     sharding.register_if_dtensor(x)
-    if _torch_ops_needed(x, residual, weight, bias):
+    if _torch_ops_needed(x, residual):
         return ops.norm_fwd_differentiable(x, residual, weight, bias, **options)
     if torch.compiler.is_compiling():
         return ops.norm_fwd(x, residual, weight, bias, **options)

@@ -16,8 +16,8 @@ Common keyword-only options:
   norm's input, and the backward recomputes x_hat from it (LayerNorm ``(y - b) / w``,
   RMSNorm ``y / w``). Used only where that is well conditioned (no zero or vanishing weight
   entry, no bias much larger than its weight: :data:`layernorm_gpu.autograd.RECOMPUTE_MIN_SCALE`),
-  checked once per parameter version; elsewhere, and under ``torch.compile``, CUDA-graph
-  capture or forward-mode AD, the input is saved as usual. No double backward with it.
+  checked on every call (a flag copied to the host); elsewhere, and under ``torch.compile``,
+  CUDA-graph capture or forward-mode AD, the input is saved as usual. No double backward with it.
 * ``backend``: ``"auto"``, ``"triton"`` or ``"reference"``; None reads the environment
   variable ``LAYERNORM_GPU_BACKEND`` (unset or empty: ``"auto"``).
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import types
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -253,6 +254,13 @@ def _runs_hub_layer(module: nn.Module) -> bool:
     return getattr(vars(module)["forward"], "__func__", None) in layers
 
 
+def _hooked_by_accelerate(module: nn.Module) -> bool:
+    """Whether ``module``'s instance forward is an accelerate hook (``add_hook_to_module``),
+    which calls ``module._old_forward``: the class's own forward, bound."""
+    old = vars(module).get("_old_forward")
+    return getattr(old, "__func__", None) is _unparametrized_class(module).forward
+
+
 def _unparametrized_class(module: nn.Module) -> type:
     cls = type(module)
     return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
@@ -267,8 +275,8 @@ _NOT_ROW_NORMS = (
 )
 _NOT_ROW_REASON = "normalises over channels or groups, not over the last dims"
 _INSTANCE_FORWARD_REASON = (
-    "its forward is set on the instance (by a parallel plan, kernels.kernelize or an "
-    "accelerate hook), which a new class would not reach: call replace_norms before those"
+    "its forward is set on the instance (by a parallel plan, kernels.kernelize or a hook "
+    "other than accelerate's), which a new class would not reach: call replace_norms first"
 )
 # a class name ending in Norm, optionally followed by suffixes (BatchNorm2d, MambaRMSNormGated)
 _NORM_LIKE_NAME = re.compile(r"Norm(\dd|[A-Z][a-z]+)*$")
@@ -405,16 +413,22 @@ def replace_norms(
         if id(module) in seen:
             return
         seen.add(id(module))
-        if isinstance(module, LayerNorm | RMSNorm | _ConventionNorm):
-            result.already_ours.append(name)
-            return
+        ours = isinstance(module, LayerNorm | RMSNorm | _ConventionNorm)
         convention = hf.convention_of(_unparametrized_class(module))
-        if convention is not None and "forward" in vars(module):
+        if (ours or convention is not None) and "forward" in vars(module):
+            cls_path = hf.class_path(_unparametrized_class(module))
             if _runs_hub_layer(module):
                 result.already_ours.append(name)
+            elif not ours and _hooked_by_accelerate(module):
+                # the hook calls module._old_forward: bound again, to the new class's forward
+                result.replaced.append(ReplacedNorm(name, cls_path, convention))
+                _reclass(module, backend)
+                module._old_forward = types.MethodType(type(module).forward, module)
             else:
-                cls_path = hf.class_path(_unparametrized_class(module))
                 result.left_alone.append(LeftAlone(name, cls_path, _INSTANCE_FORWARD_REASON))
+            return
+        if ours:
+            result.already_ours.append(name)
             return
         if convention is not None:
             result.replaced.append(

@@ -422,7 +422,10 @@ def _as_output(t: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.
     if t.dtype == dtype and t.shape == shape and t.is_contiguous() and t._base is None:
         return t
     if not _may_write_in_place():  # out of place, for autograd and torch.func
-        return t.reshape(shape).to(dtype).clone(memory_format=torch.contiguous_format)
+        t = t.reshape(shape)
+        if t.dtype != dtype:  # a new tensor
+            return t.to(dtype, memory_format=torch.contiguous_format)
+        return t.clone(memory_format=torch.contiguous_format)
     return torch.empty(shape, dtype=dtype, device=t.device).copy_(t.reshape(shape))
 
 

@@ -293,6 +293,36 @@ def test_second_derivatives_through_forward_mode(backend, fn):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_single_level_and_forward_over_reverse_keep_the_op(backend):
+    """jvp, jacfwd, hessian (forward over reverse), jvp of grad, and forward AD through a norm
+    whose parameters need gradients: the requested backend's op, not the torch-ops path."""
+    import torch.autograd.forward_ad as fwAD
+
+    device, dtype = _setup(backend)
+    x, v = make_input((2, N), dtype, device), make_input((2, N), dtype, device)
+    w = make_input(N, dtype, device, requires_grad=True)
+    b = make_input(N, dtype, device, requires_grad=True)
+
+    def loss(z):
+        return lg.layer_norm(z, N, w, b, backend=backend).sin().sum()
+
+    def with_dual_level():
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(loss(fwAD.make_dual(x, v))).tangent
+
+    for name, run in (
+        ("jvp", lambda: torch.func.jvp(loss, (x,), (v,))),
+        ("jacfwd", lambda: torch.func.jacfwd(loss)(x)),
+        ("hessian", lambda: torch.func.hessian(loss)(x)),
+        ("jvp(grad)", lambda: torch.func.jvp(torch.func.grad(loss), (x,), (v,))),
+        ("forward_ad", with_dual_level),
+    ):
+        dispatch.calls.clear()
+        run()
+        assert set(dispatch.calls) == {backend}, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_reverse_over_forward_ad(backend):
     """torch.autograd.forward_ad on an input that also needs a gradient: backward of the
     tangent is the Hessian-vector product."""

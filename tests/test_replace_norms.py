@@ -9,6 +9,7 @@ helpers tolerances, on both backends. The transformers norms: ``test_hf.py``.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import pickle
 import types
@@ -435,6 +436,34 @@ def test_a_forward_set_on_the_instance_is_left_alone_and_reported() -> None:
     dispatch.calls.clear()
     model(make_input((2, 8), torch.float32))
     assert sum(dispatch.calls.values()) == 1
+
+
+def test_a_norm_hooked_by_accelerate_is_replaced_under_its_hook() -> None:
+    """accelerate's ``add_hook_to_module`` keeps the class's forward bound as
+    ``module._old_forward`` and calls it from the instance forward: replace_norms re-classes
+    the module and binds ``_old_forward`` to the new forward, so the hook runs our norm."""
+    model = nn.Sequential(nn.LayerNorm(8), LayerNorm(8))
+    _randomize_norms(model)
+    calls = []
+
+    def hook_forward(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        calls.append(type(module))
+        return module._old_forward(*args)
+
+    hooked = model[0]
+    hooked._old_forward = hooked.forward
+    hooked.forward = functools.partial(hook_forward, hooked)
+    x = make_input((2, 8), torch.float32)
+    want = hooked(x)
+    model[1].forward = types.MethodType(nn.LayerNorm.forward, model[1])  # not ours any more
+    with pytest.warns(UserWarning, match="set on the instance"):
+        report = replace_norms(model, report=True)
+    assert [r.name for r in report.replaced] == ["0"] and not report.already_ours
+    assert [item.name for item in report.left_alone] == ["1"]
+    assert type(hooked) is LayerNorm
+    dispatch.calls.clear()
+    assert_close(hooked(x), want.double())
+    assert sum(dispatch.calls.values()) == 1 and calls == [nn.LayerNorm, LayerNorm]
 
 
 def test_nothing_replaced_is_loud() -> None:

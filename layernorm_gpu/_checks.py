@@ -44,13 +44,11 @@ def _index(d: object, normalized_shape: object) -> int:
         ) from None
 
 
-def _check_float(name: str, t: torch.Tensor) -> None:
+def _check_float(name: str, t: torch.Tensor, error: type[Exception]) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOAT_DTYPES:
-        raise NotImplementedError(
-            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
-        )
+        raise error(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
 def check_inputs(
@@ -65,7 +63,9 @@ def check_inputs(
     tuple. The dtype combination is checked by :func:`check_dtypes` inside the op, after
     autocast has cast the inputs (where torch checks it)."""
     shape = normalized_shape_tuple(normalized_shape)
-    _check_float("x", x)
+    # torch: an x of another dtype is an unimplemented kernel, a parameter of another dtype
+    # a mixed-dtype RuntimeError (layer_norm; rms_norm casts it, which we do not)
+    _check_float("x", x, NotImplementedError)
     if tuple(x.shape[x.dim() - len(shape) :]) != shape or x.dim() < len(shape):
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
@@ -75,7 +75,7 @@ def check_inputs(
     for name, t in named:
         if t is None:
             continue
-        _check_float(name, t)
+        _check_float(name, t, RuntimeError)
         if t.device != x.device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but got {name} on {t.device} "

@@ -448,9 +448,22 @@ ERROR_CASES = {
     ),
     "integer weight": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3, dtype=torch.int32)),
-        None,
-        NotImplementedError,
+        lambda: F.layer_norm(torch.randn(4, 3), (3,), torch.ones(3, dtype=torch.int32)),
+        RuntimeError,
         ["weight", "int32"],
+    ),
+    "complex bias": (
+        lambda: lg.layer_norm(torch.randn(4, 3), 3, None, torch.ones(3, dtype=torch.complex64)),
+        lambda: F.layer_norm(torch.randn(4, 3), (3,), None, torch.ones(3, dtype=torch.complex64)),
+        RuntimeError,
+        ["bias", "complex64"],
+    ),
+    # torch's rms_norm casts an integer weight (with a warning); ours refuses it
+    "integer weight of rms_norm": (
+        lambda: lg.rms_norm(torch.randn(4, 3), 3, torch.ones(3, dtype=torch.int64)),
+        None,
+        RuntimeError,
+        ["weight", "int64"],
     ),
     "weight on another device": (
         lambda: lg.layer_norm(torch.randn(4, 3), 3, torch.ones(3, device="meta")),

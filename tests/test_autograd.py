@@ -276,7 +276,7 @@ def _scalar_pairs(backend: str):
 def test_second_derivatives_through_forward_mode(backend, fn):
     """jacfwd(jacfwd), jacrev(jacfwd) and jvp(jvp) (forward mode nested with another level):
     the Hessian of torch's functions, taken in reverse mode twice in float64. (torch's own
-    layer_norm gets these wrong: its forward-mode rule treats mean and rstd as constants.)"""
+    layer_norm gets jacfwd(jacfwd) wrong, against reverse mode and finite differences.)"""
     device, dtype = _setup(backend)
     ours, theirs = _scalar_pairs(backend)[fn]
     x = make_input((2, N), dtype, device)

@@ -322,7 +322,7 @@ def test_replaced_norm_takes_its_argument_by_its_own_name() -> None:
 
 def test_bitwise_equal_to_transformers_in_bfloat16() -> None:
     """The share of bfloat16 outputs equal bit for bit to transformers' eager module, per
-    convention, on both backends (printed with ``-s``; README_hf.md states the figures). The
+    convention, on both backends (printed with ``-s``; README.md states the figures). The
     kernels' and the reference's float32 row sums differ from torch's in order only, so the
     large majority of outputs round to the same bfloat16 value."""
     x = make_input((1024, 64), torch.bfloat16)

@@ -414,9 +414,10 @@ def replace_norms(
             return
         seen.add(id(module))
         ours = isinstance(module, LayerNorm | RMSNorm | _ConventionNorm)
-        convention = hf.convention_of(_unparametrized_class(module))
+        cls = _unparametrized_class(module)
+        convention = hf.convention_of(cls)
+        cls_path = hf.class_path(cls)
         if (ours or convention is not None) and "forward" in vars(module):
-            cls_path = hf.class_path(_unparametrized_class(module))
             if _runs_hub_layer(module):
                 result.already_ours.append(name)
             elif not ours and _hooked_by_accelerate(module):
@@ -431,9 +432,7 @@ def replace_norms(
             result.already_ours.append(name)
             return
         if convention is not None:
-            result.replaced.append(
-                ReplacedNorm(name, hf.class_path(_unparametrized_class(module)), convention)
-            )
+            result.replaced.append(ReplacedNorm(name, cls_path, convention))
             _reclass(module, backend)
             return
         reason = _why_left_alone(module)

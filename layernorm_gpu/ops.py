@@ -127,10 +127,9 @@ def norm_fwd_differentiable(x, residual, weight, bias, n_norm_dims, eps, weight_
     ``torch.compile`` then differentiate are those ops themselves, to any order and in any
     nesting (see :func:`.autograd.norm_fwd` for when). ``backend`` and ``memory_efficient`` are
     not used."""
-    check_dtypes(x, weight, bias, is_rms=is_rms)
-    return _forward(
-        _backend("reference"), x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms,
-        residual_in_fp32, casting,
+    return _norm_fwd_impl(
+        x, residual, weight, bias, n_norm_dims, eps, weight_offset, is_rms, residual_in_fp32,
+        casting, "reference",
     )  # fmt: skip
 
 

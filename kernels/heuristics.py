@@ -110,29 +110,33 @@ MAX_INT32_ROWS = 2**30
 # spilled 8 bytes (sm_80); at 0.9 it gets 4 (144 KiB) and does not.
 BWD_MAX_STAGES = 4
 BWD_SHARED_FRACTION = 0.9
-# The looped backward may run on as few as this fraction of the SMs when that lets the rows it
-# re-reads (and its dW/dB partial rows) fit in L2: 32768 16-bit columns on an A100 / H100
-# (64 and 80 programs) and 65536 on a B200 (100). Those programs deepen their pipelines by
-# SMs / programs to keep the whole chip's Little's law in flight (an SM of an H100 moving
-# 3.35 TB/s / 80 = 42 GB/s); fewer programs also mean fewer partial rows to write and sum.
-BWD_MIN_SM_FRACTION = 0.5
-# The looped backward reads a group of rows twice (statistics, then dx); the second read must
-# come from L2. A group's rows (x, dy, dh: what pass 2 re-reads) plus the program's dW/dB
-# partial row (added to once per group) should take at most BWD_L2_WINDOW_FRACTION of the L2 share
-# of one program (L2 / grid): the rest is the dx write-back stream and the L2's split into two
-# partitions. When not even one row fits, the program's rows are one group (pass 2 then
-# re-reads them from DRAM, as reported by the traffic report's L2-window check).
+# The looped backward walks its rows in bands of one tile per program (_norm_bwd_looped_kernel):
+# a program reads its row for c1, c2 (x and dy from DRAM), then, for its own slice of
+# columns, every row of the band for dW/dB, then its row again for dx. Both re-reads must
+# come from L2: the band's rows (x, dy, dh: grid x row bytes) should take at most
+# BWD_L2_WINDOW_FRACTION of L2. The rest is the dx written meanwhile (half a band in 16-bit)
+# and the L2's split into two partitions that may each hold a copy of a line. dW/dB need no
+# partial rows: each column has one owner, who keeps its running float32 sums in an N-wide
+# scratch row (one row in all, 8 bytes per column, written back once).
 BWD_L2_WINDOW_FRACTION = 0.6
-# Where not even that fits (a row of x and dy plus a float32 dW and dB partial row per program:
-# for powers of two, from 65536 16-bit columns on an A100 / H100 and 131072 on a B200; from
-# about 40K columns at M = 16384 on an H100), pass 2 would re-read x and dy from DRAM, and the
-# per-program partial rows would only add to it (2 x grid x N x 8 bytes, +33% of the minimum at
-# 1024 x 65536 bf16 on an H100, +133% at 256 x 262144). The backward then splits the other way:
-# the looped kernel computes each row's c1, c2 only (reading x and dy once), and a
-# column-parallel launch walks every row over a block of columns per program (dx, and dW / dB
-# summed in registers and stored once: no partials, no partial sum). x and dy are still read
-# twice (the one cost left, 1.67x the minimum in 16-bit), which clusters of SMs sharing a row on
-# chip would remove (not expressible in Triton's language).
+# The tiles of those dW/dB sums hold one 128-bit load per thread of each tensor (8 KiB over the
+# looped kernel's 512 threads: 4096 16-bit or 2048 float32 values). Float32 tiles of 4096
+# values, pipelined, spilled at int64 row indices (sm_90: 48 bytes).
+SLICE_TILE_BYTES = LOOP_THREADS * 16
+# Where one row per SM does not fit, the looped backward runs on as few programs as fit, down
+# to this fraction of the SMs: 131072 16-bit columns on an A100 / H100 (48 and 60 programs:
+# 44% and 45%), 262144 on a B200 (75, 51%). Those programs deepen their pipelines by SMs /
+# programs to keep the whole chip's Little's law in flight: an SM of an H100 then moves
+# 3.35 TB/s / 60 = 56 GB/s from DRAM, 39 KiB in flight at 700 ns (7 stages of 16 KiB hold 112
+# KiB), and three times that through its L2 port (the first read and the band's two re-reads),
+# which grows as the programs get fewer: hence a floor (a guess until measured on a GPU).
+BWD_MIN_SM_FRACTION = 0.4
+# Where not even that fits (from 262144 16-bit columns on an A100 / H100, 524288 on a B200),
+# the backward splits the other way: the looped kernel computes each row's c1, c2 only
+# (reading x and dy once), and a column-parallel launch walks every row over a block of
+# columns per program (dx, and dW / dB summed in registers and stored once). x and dy are read
+# twice there (1.67x the minimum in 16-bit), which clusters of SMs sharing a row on chip would
+# remove (not expressible portably in Triton's language).
 # Its blocks are the widest power of two up to LOOP_BLOCK_N that gives every SM a program (a
 # program walks all M rows, so fewer programs than SMs would idle the rest), and at least
 # COLUMNS_MIN_BLOCK_BYTES per row: one 128-byte line, the narrowest access that wastes no DRAM
@@ -278,10 +282,13 @@ class NormConfig:
     A program walks ``tiles_per_program`` consecutive tiles of ``rows_per_tile`` rows; a tile
     is one ``block_n``-wide block per row when ``single_block``, else a loop of chunks. Row
     indices are int64 when ``int64_rows`` (see MAX_INT32_ROWS), else int32. The tile (or chunk)
-    loop is pipelined ``num_stages`` deep (the looped forward: its first pass); the looped backward
-    walks its tiles in groups of ``tiles_per_group``. A looped backward with ``columns`` only
-    computes each row's c1, c2 (its first pass); the launch ``columns`` describes then computes
-    dx, dW and dB (see COLUMNS_MIN_BLOCK_BYTES).
+    loop is pipelined ``num_stages`` deep (the looped forward: its first pass). The looped
+    backward walks bands of ``grid`` tiles, one per program (its program walks tile
+    ``band * grid + pid``, ``tiles_per_program`` bands), and sums dW/dB over each band's rows
+    for a slice of columns per program, in ``slice_block``-wide tiles (:func:`backward_slice`;
+    0: from the grid). A looped backward with ``columns`` only computes each row's c1, c2 (its
+    first pass); the launch ``columns`` describes then computes dx, dW and dB (see
+    COLUMNS_MIN_BLOCK_BYTES).
     """
 
     block_n: int
@@ -292,7 +299,7 @@ class NormConfig:
     tiles_per_program: int
     int64_rows: bool = False
     num_stages: int = 1
-    tiles_per_group: int = 1
+    slice_block: int = 0
     columns: ColumnsConfig | None = None
 
 
@@ -429,57 +436,73 @@ def backward_config(
     *,
     loaded_bytes: int | None = None,
     column_bytes: int = 4,
-    partials: int = 2,
 ) -> NormConfig:
     """Backward launch: at most one program per SM, each accumulating dW/dB in registers.
 
-    One program per SM bounds the partial buffers at ``sm_count x N`` float32 per gradient and
-    keeps the second stage small; to keep the memory system busy with so few programs, each
-    one uses up to 512 threads (1024 for float32), tiles of >= MIN_TILE_ELEMS elements and a
-    pipelined tile loop (``backward_stages``). ``elem_size``: x's element size (it sets the
-    blocking); ``loaded_bytes``: bytes per element of the row tensors read (x, dy and dh with a
-    fused residual, each in its own dtype; default x and dy in x's); ``column_bytes``: bytes
-    per column of the vectors each tile also loads (weight, and bias when x_hat comes from y);
-    ``partials``: dW/dB partial rows written (0-2). Wide rows walk their tiles in L2-sized
-    groups (``backward_group``); where not even one row per SM fits, down to
-    BWD_MIN_SM_FRACTION of the SMs run (``backward_programs``), each with a deeper pipeline;
-    where even that does not fit, the looped launch computes c1, c2 only and a column-parallel
-    launch the rest (``columns``, :func:`columns_config`).
+    One program per SM bounds the single-block kernel's partial buffers at ``sm_count x N``
+    float32 per gradient and keeps the second stage small; to keep the memory system busy with
+    so few programs, each one uses up to 512 threads (1024 for float32), tiles of >=
+    MIN_TILE_ELEMS elements and a pipelined tile loop (``backward_stages``). ``elem_size``: x's
+    element size (it sets the blocking); ``loaded_bytes``: bytes per element of the row tensors
+    read (x, dy and dh with a fused residual, each in its own dtype; default x and dy in x's);
+    ``column_bytes``: bytes per column of the vectors each tile also loads (weight, and bias
+    when x_hat comes from y). Wide rows run in bands of one tile per program that fit in L2
+    (BWD_L2_WINDOW_FRACTION), down to BWD_MIN_SM_FRACTION of the SMs (``backward_programs``),
+    each with a deeper pipeline; where even that does not fit, the looped launch computes c1,
+    c2 only and a column-parallel launch the rest (``columns``, :func:`columns_config`).
     """
     block_n, rows, single, warps = _row_blocking(n_cols, elem_size, BWD_MAX_SINGLE_BLOCK, target)
     loaded_bytes = loaded_bytes or 2 * elem_size
     row_bytes = n_cols * loaded_bytes
-    partial_bytes = 4 * n_cols * partials
-    programs = target.sm_count
+    programs, fits = target.sm_count, True
     if not single:
-        programs = backward_programs(row_bytes + partial_bytes, target)
+        programs, fits = backward_programs(rows * row_bytes, cdiv(n_rows, rows), target)
     grid, tiles, int64_rows = _persistent(n_rows, rows, programs)
     # every load of the tile loop is staged: the tile's rows, the columns' weight (and bias),
     # and a few per-row floats (rstd, mean, c1, c2)
     stage_bytes = rows * (block_n * loaded_bytes + 16) + block_n * column_bytes
     depth = cdiv((BWD_MAX_STAGES - 1) * target.sm_count, programs)  # buffers for Little's law
     stages = backward_stages(stage_bytes, target, depth + 1)
-    group, columns = 1, None
+    columns, slice_block = None, 0
     if not single:
-        group = min(backward_group(row_bytes, partial_bytes, grid, target), tiles)
-        if group == 0:
-            group = tiles
+        slice_block = backward_slice(n_cols, programs, elem_size)[1]
+        if not fits:
             columns = columns_config(n_rows, n_cols, elem_size, target, loaded_bytes=loaded_bytes)
             if columns.grid < target.sm_count:  # rows too narrow to give every SM a block
                 columns = None
-    return NormConfig(block_n, rows, single, warps, grid, tiles, int64_rows, stages, group, columns)
+    return NormConfig(
+        block_n, rows, single, warps, grid, tiles, int64_rows, stages, slice_block, columns
+    )
 
 
-def backward_programs(window_bytes: int, target: Target = H100) -> int:
-    """Programs of the looped backward: one per SM when each one's ``window_bytes`` (a row of
-    the tensors pass 2 re-reads and its dW/dB partial row) fit in BWD_L2_WINDOW_FRACTION of L2
-    together; else as many as fit, if that is at least BWD_MIN_SM_FRACTION of the SMs (fewer
-    programs, fewer partial rows, deeper pipelines); else one per SM (the rows are then re-read
-    from DRAM: the traffic report's widths table shows it)."""
-    fit = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(window_bytes, 1)
-    if fit >= target.sm_count or fit < BWD_MIN_SM_FRACTION * target.sm_count:
-        return target.sm_count
-    return fit
+def backward_programs(band_bytes: int, n_tiles: int, target: Target = H100) -> tuple[int, bool]:
+    """``(programs, fits)`` of the looped backward: one per SM when a band of one tile of
+    ``band_bytes`` (the row tensors it re-reads) per SM fits in BWD_L2_WINDOW_FRACTION of L2;
+    else as many as fit, if that is at least BWD_MIN_SM_FRACTION of the SMs (deeper pipelines);
+    else one per SM, and ``fits`` only if all ``n_tiles`` tiles fit at once (otherwise the rows
+    would be re-read from DRAM: the column-parallel launch takes over where it can). The
+    programs depend on N, the dtypes and the target only; ``fits`` on M too."""
+    fit = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(band_bytes, 1)
+    if BWD_MIN_SM_FRACTION * target.sm_count <= fit < target.sm_count:
+        return fit, True
+    return target.sm_count, fit >= min(target.sm_count, n_tiles)
+
+
+def backward_slice(
+    n_cols: int, grid: int, elem_size: int, slice_block: int = 0
+) -> tuple[int, int, int]:
+    """``(slice_n, slice_block, slice_rows)`` of the looped backward's dW/dB sums: program
+    ``p`` owns columns ``[p * slice_n, (p + 1) * slice_n)`` (an even share of the ``grid``,
+    rounded up to whole 128-byte lines, COLUMNS_MIN_BLOCK_BYTES, so that each row's slice is
+    whole L2 sectors and 128-bit loads) and sums them over each band's rows in tiles of
+    ``slice_rows`` x ``slice_block`` (SLICE_TILE_BYTES of each tensor). ``slice_block``: the
+    tile width, or 0 for the narrowest power of two that holds the slice, at most LOOP_BLOCK_N
+    (wider slices, from grids cut short by few rows, are walked in several tiles)."""
+    line = COLUMNS_MIN_BLOCK_BYTES // (4 if elem_size >= 4 else 2)
+    slice_n = cdiv(cdiv(n_cols, max(grid, 1)), line) * line
+    slice_block = slice_block or min(next_power_of_2(slice_n), LOOP_BLOCK_N)
+    tile = SLICE_TILE_BYTES // (4 if elem_size >= 4 else 2)
+    return slice_n, slice_block, max(1, min(MAX_ROWS_PER_TILE, tile // slice_block))
 
 
 def backward_stages(
@@ -500,14 +523,6 @@ def backward_stages(
     if buffers < 2 or target.backend != "cuda":
         return 1
     return min(max_stages, buffers + 1)
-
-
-def backward_group(row_bytes: int, partial_bytes: int, grid: int, target: Target = H100) -> int:
-    """Tiles per group of the looped backward: how many rows of ``row_bytes`` (re-read by pass
-    2) fit, next to the program's ``partial_bytes`` of dW/dB partials, in BWD_L2_WINDOW_FRACTION of
-    one program's share of L2; 0 when not one does."""
-    share = int(BWD_L2_WINDOW_FRACTION * target.l2_bytes) // max(grid, 1)
-    return max(0, (share - partial_bytes) // max(row_bytes, 1))
 
 
 def columns_config(

@@ -32,7 +32,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .heuristics import NormConfig, Target, backward_config, partial_sum_config, tile_meta
+from .heuristics import (
+    NormConfig,
+    Target,
+    backward_config,
+    backward_slice,
+    partial_sum_config,
+    tile_meta,
+)
 from .registry import Kernel, launch
 from .rows import program_id, row_layout, row_start, tile_rows, vector_align
 from .target import device_target, launch_guard
@@ -301,6 +308,39 @@ def _norm_bwd_single_block_kernel(
 
 
 @triton.jit
+def _store_slice_sums(
+    DW,
+    DB,
+    DW_acc,
+    DB_acc,
+    cols,
+    col_mask,
+    dw_acc,
+    db_acc,
+    band,
+    n_bands,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+):
+    """The column sums of the accumulators (one band's rows) at ``cols``, added to the earlier
+    bands' (float32, in ``DW_acc`` / ``DB_acc``) and stored there, or, after the last band, in
+    dW and dB themselves, in their dtypes."""
+    keep = col_mask & (band > 0)
+    if COMPUTE_DW:
+        dw = tl.sum(dw_acc, axis=0) + tl.load(DW_acc + cols, mask=keep, other=0.0)
+        if band == n_bands - 1:
+            tl.store(DW + cols, dw, col_mask)
+        else:
+            tl.store(DW_acc + cols, dw, col_mask)
+    if COMPUTE_DB:
+        db = tl.sum(db_acc, axis=0) + tl.load(DB_acc + cols, mask=keep, other=0.0)
+        if band == n_bands - 1:
+            tl.store(DB + cols, db, col_mask)
+        else:
+            tl.store(DB_acc + cols, db, col_mask)
+
+
+@triton.jit
 def _norm_bwd_looped_kernel(
     X,  # (n_rows, n_cols) saved input of the norm, addressed through (x_d1, x_d2, x_s*)
     DY,  # (n_rows, n_cols) gradient of y, addressed through (dy_d1, dy_d2, dy_s*)
@@ -310,9 +350,11 @@ def _norm_bwd_looped_kernel(
     B,  # (n_cols,) bias when X holds y (X_IS_Y), else None
     Mean,  # (n_rows,) float32, LayerNorm only (None for RMSNorm and X_IS_Y)
     Rstd,  # (n_rows,) float32
-    DW_partial,  # (grid, n_cols) float32 out, or None
-    DB_partial,  # (grid, n_cols) float32 out, or None
-    C,  # (2, n_rows) float32 scratch: c1 and c2 of each row
+    DW,  # (n_cols,) out, W's dtype, or None
+    DB,  # (n_cols,) out, B's dtype, or None
+    DW_acc,  # (n_cols,) float32 scratch: dW of the bands so far, or None
+    DB_acc,  # (n_cols,) float32 scratch: dB of the bands so far, or None
+    C,  # STATS_ONLY: (2, n_rows) float32 out, c1 and c2 of each row; else None
     n_rows,
     n_cols,
     x_d1,
@@ -332,7 +374,7 @@ def _norm_bwd_looped_kernel(
     dh_s2,
     weight_offset,
     tiles_per_program,
-    tiles_per_group,
+    slice_n,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -342,6 +384,8 @@ def _norm_bwd_looped_kernel(
     COMPUTE_DB: tl.constexpr,
     ROWS_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    SLICE_ROWS: tl.constexpr,
+    SLICE_N: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
@@ -349,82 +393,102 @@ def _norm_bwd_looped_kernel(
 ):
     """Backward of wide rows in ``BLOCK_N`` chunks, math of the module docstring.
 
-    One program handles ``tiles_per_program`` consecutive tiles of ``ROWS_PER_TILE`` rows, in
-    groups of ``tiles_per_group`` tiles. For each group, pass 1 walks each tile's chunks and
-    stores its rows' c1, c2 in ``C``; pass 2 walks the chunks from the last to the first and,
-    for each, the group's tiles: it writes dx and adds the chunk's dW/dB column sums to row
-    ``pid`` of the partials. Pass 2 re-reads only the group's rows, the most recently read
-    chunks first, so a group that fits in L2 (the heuristics size it) is read from DRAM once.
-    Both passes are software-pipelined ``NUM_STAGES`` deep. With ``STATS_ONLY`` the program
-    stops after pass 1 (c1, c2 for the ``COLUMNS`` launch of
-    :func:`_norm_bwd_single_block_kernel`; one group).
+    The rows are walked in bands of ``grid`` tiles of ``ROWS_PER_TILE`` rows, one tile per
+    program: band ``t`` holds tiles ``t * grid`` to ``t * grid + grid - 1`` and program ``pid``
+    owns tile ``t * grid + pid`` of it, ``tiles_per_program`` bands in all. For each band a
+    program
+
+    1. walks its tile's chunks for its rows' c1, c2 (x and dy from DRAM);
+    2. sums dW/dB over the band's rows for its own ``slice_n`` columns, from
+       ``pid * slice_n`` (``SLICE_ROWS`` x ``SLICE_N`` tiles; x and dy of the band, just read by
+       the band's programs, from L2), added in float32 to its earlier bands' sums, which it
+       keeps in its columns of ``DW_acc`` / ``DB_acc`` and, after the last band, stores as dW
+       and dB: each column has one owner and one order of rows, so the sums are deterministic
+       with no partial rows and no second launch;
+    3. walks its tile's chunks again and writes dx (x and dy from L2).
+
+    Between a chunk's reads, the resident programs hold about one band of rows in L2 (the
+    heuristics size the grid so that it fits). All loops are software-pipelined ``NUM_STAGES``
+    deep. With ``STATS_ONLY`` the program stores c1, c2 in ``C`` and stops after step 1 (for the
+    ``COLUMNS`` launch of :func:`_norm_bwd_single_block_kernel`).
     """
     pid = program_id(INT64_ROWS)
+    n_programs = pid * 0 + tl.num_programs(0)  # pid's integer type
     n_cols = (n_cols // ALIGN) * ALIGN  # a multiple of ALIGN, visibly to the compiler (norm_fwd)
     x_layout = (x_d1, x_d2, x_s0, x_s1, x_s2)
     dy_layout = (dy_d1, dy_d2, dy_s0, dy_s1, dy_s2)
     dh_layout = (dh_d1, dh_d2, dh_s0, dh_s1, dh_s2)
-    first_row = pid * tiles_per_program * ROWS_PER_TILE
     cols = tl.arange(0, BLOCK_N)
-    n_chunks = tl.cdiv(n_cols, BLOCK_N)
-    for first_tile in range(0, tiles_per_program, tiles_per_group):
-        n_group = tl.minimum(tiles_per_group, tiles_per_program - first_tile)
-        for i in range(first_tile, first_tile + n_group):
-            rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-                Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-                X_IS_Y, ROWS_PER_TILE, ALIGN,
+    # the program's slice of columns (int64: a row wider than 2**31 elements must not wrap)
+    first_col = tl.program_id(0).to(tl.int64) * slice_n
+    slice_end = tl.minimum(slice_n, n_cols - first_col)  # <= 0: the program owns no column
+    slice_cols = tl.arange(0, SLICE_N)
+    for band in range(0, tiles_per_program):
+        first_row = (band * n_programs + pid) * ROWS_PER_TILE
+        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+            Mean, Rstd, first_row, n_rows, x_layout, dy_layout, IS_RMS, X_IS_Y, ROWS_PER_TILE,
+            ALIGN,
+        )  # fmt: skip
+        sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
+        sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
+        for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
+            c = start + cols
+            c_mask = c < n_cols
+            w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+            _, x_hat, g, _ = _x_hat_and_g(
+                X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS,
+                HAS_WEIGHT, HAS_BIAS, X_IS_Y,
             )  # fmt: skip
-            sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
-            sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
+            sum_xg += tl.sum(x_hat * g, axis=1)
+            if not IS_RMS:
+                sum_g += tl.sum(g, axis=1)
+        # c1 and c2 (as _coefficients) of the whole rows
+        c1 = sum_xg / n_cols
+        c2 = sum_g / n_cols
+        if STATS_ONLY:
+            tl.store(C + rows, c1, mask=row_mask)
+            tl.store(C + n_rows + rows, c2, mask=row_mask)
+        else:
+            if COMPUTE_DW or COMPUTE_DB:
+                band_start = band * n_programs * ROWS_PER_TILE
+                band_end = tl.minimum(band_start + n_programs * ROWS_PER_TILE, n_rows)
+                for part in range(0, slice_end, SLICE_N):
+                    s = first_col + part + slice_cols
+                    s_mask = (part + slice_cols < slice_n) & (s < n_cols)
+                    w, b = _affine(W, B, s, s_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+                    dw_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
+                    db_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
+                    for r in tl.range(band_start, band_end, SLICE_ROWS, num_stages=NUM_STAGES):
+                        # masked to the band's rows: the next band is summed next time
+                        s_rows, s_row_mask, s_x_row, s_dy_row, s_mean, s_rstd = _tile(
+                            Mean, Rstd, r, band_end, x_layout, dy_layout, IS_RMS, X_IS_Y,
+                            SLICE_ROWS, ALIGN,
+                        )  # fmt: skip
+                        _, x_hat, _, dy = _x_hat_and_g(
+                            X, DY, s_x_row, s_dy_row, s_row_mask, s, s_mask, s_mean, s_rstd, w,
+                            b, IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+                        )  # fmt: skip
+                        if COMPUTE_DW:
+                            dw_acc += dy * x_hat
+                        if COMPUTE_DB:
+                            db_acc += dy
+                    _store_slice_sums(
+                        DW, DB, DW_acc, DB_acc, s, s_mask, dw_acc, db_acc, band,
+                        tiles_per_program, COMPUTE_DW, COMPUTE_DB,
+                    )  # fmt: skip
+                # the next band's step 2 reads the sums stored above, by other threads
+                tl.debug_barrier()
             for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
                 c = start + cols
                 c_mask = c < n_cols
                 w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-                _, x_hat, g, _ = _x_hat_and_g(
+                mask, x_hat, g, _ = _x_hat_and_g(
                     X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS,
                     HAS_WEIGHT, HAS_BIAS, X_IS_Y,
                 )  # fmt: skip
-                sum_xg += tl.sum(x_hat * g, axis=1)
-                if not IS_RMS:
-                    sum_g += tl.sum(g, axis=1)
-            # c1 and c2 (as _coefficients) of the whole rows
-            tl.store(C + rows, sum_xg / n_cols, mask=row_mask)
-            tl.store(C + n_rows + rows, sum_g / n_cols, mask=row_mask)
-        if not STATS_ONLY:
-            # pass 2 reads c1, c2 written above, and the partials the previous group wrote, by other
-            # threads of this program
-            tl.debug_barrier()
-            dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-            db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-            for k in tl.range(0, n_chunks * n_group, num_stages=NUM_STAGES):
-                i = first_tile + k % n_group
-                c = (n_chunks - 1 - k // n_group) * BLOCK_N + cols
-                c_mask = c < n_cols
-                rows, row_mask, x_row, dy_row, mean, rstd = _tile(
-                    Mean, Rstd, first_row + i * ROWS_PER_TILE, n_rows, x_layout, dy_layout, IS_RMS,
-                    X_IS_Y, ROWS_PER_TILE, ALIGN,
-                )  # fmt: skip
-                w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-                mask, x_hat, g, dy = _x_hat_and_g(
-                    X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
-                    HAS_BIAS, X_IS_Y,
-                )  # fmt: skip
-                c1 = tl.load(C + rows, mask=row_mask, other=0.0)
-                c2 = tl.load(C + n_rows + rows, mask=row_mask, other=0.0)
                 _store_dx(
                     DX, DH, rows, c, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
                 )
-                if COMPUTE_DW:
-                    dw_acc += dy * x_hat
-                if COMPUTE_DB:
-                    db_acc += dy
-                if k % n_group == n_group - 1:  # the group's last tile of this chunk
-                    _store_column_sums(
-                        DW_partial, DB_partial, pid.to(tl.int64) * n_cols + c, c_mask, dw_acc,
-                        db_acc, first_tile > 0, COMPUTE_DW, COMPUTE_DB,
-                    )  # fmt: skip
-                    dw_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
-                    db_acc = tl.zeros([ROWS_PER_TILE, BLOCK_N], tl.float32)
 
 
 @triton.jit
@@ -499,7 +563,7 @@ NORM_BWD_LOOPED = Kernel(
     _norm_bwd_looped_kernel,
     "bwd",
     True,
-    {**_INPUTS, "DW_partial": "dw_partial", "DB_partial": "db_partial"},
+    {**_INPUTS, "DW": "dweight", "DB": "dbias", "DW_acc": "dw_acc", "DB_acc": "db_acc"},
     _ROW_SCALES,
 )
 # the single-block kernel switched to COLUMNS: its DW and DB are dW and dB themselves
@@ -590,7 +654,6 @@ def norm_bwd(
         column_bytes=sum(
             t.element_size() for t in (weight, bias if x_is_y else None) if t is not None
         ),
-        partials=(dweight is not None) + (dbias is not None),
     )
     columns = cfg.columns
     if columns is not None and (cfg.single_block or columns.grid * columns.block_n < n_cols):
@@ -598,10 +661,14 @@ def norm_bwd(
             "config.columns needs a looped config (single_block=False) and a grid of "
             f"columns.grid * columns.block_n >= n_cols ({n_cols}), got {cfg}"
         )
-    partial = {}
+    partial, band_sums = {}, {}
     for name, grad in (("dw", dweight), ("db", dbias)):
-        if grad is not None and columns is None:
+        if grad is None:
+            continue
+        if cfg.single_block:
             partial[name] = torch.empty((cfg.grid, n_cols), dtype=torch.float32, device=device)
+        elif columns is None:
+            band_sums[name] = torch.empty(n_cols, dtype=torch.float32, device=device)
     layouts = (
         x_layout.d1,
         x_layout.d2,
@@ -626,19 +693,26 @@ def norm_bwd(
     # kernels never read it then
     mean = None if is_rms or x_is_y else mean
     bias = bias if x_is_y else None
-    # the looped kernel keeps each row's (c1, c2) between its two passes (or its launches)
-    scratch = None
-    if not cfg.single_block:
-        scratch = torch.empty(2 * n_rows, dtype=torch.float32, device=device)
     dw_partial, db_partial = partial.get("dw"), partial.get("db")
-    tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dw_partial, db_partial, scratch)
     if cfg.single_block:
         kernel, constexprs["COLUMNS"] = NORM_BWD_SINGLE_BLOCK, False
+        tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dw_partial, db_partial, None)
+        extra = ()
     else:
         kernel, constexprs["STATS_ONLY"] = NORM_BWD_LOOPED, columns is not None
+        slice_n, slice_block, slice_rows = backward_slice(
+            n_cols, cfg.grid, x.element_size(), cfg.slice_block
+        )
+        constexprs.update(SLICE_N=slice_block, SLICE_ROWS=slice_rows)
+        extra = (slice_n,)
+        tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dweight, dbias)
+        tensors += (band_sums.get("dw"), band_sums.get("db"), None)
+    # the statistics launch of the column-parallel backward keeps each row's (c1, c2) for it
+    scratch = None
     if columns is not None:
-        # the statistics launch reads x and dy only and writes c1, c2 only
-        tensors = (x, dy, None, None, weight, bias, mean, rstd, None, None, scratch)
+        scratch = torch.empty(2 * n_rows, dtype=torch.float32, device=device)
+        # it reads x and dy only and writes c1, c2 only
+        tensors = (x, dy, None, None, weight, bias, mean, rstd, None, None, None, None, scratch)
         constexprs.update(HAS_DH=False, COMPUTE_DW=False, COMPUTE_DB=False)
     with launch_guard(device):
         launch(
@@ -650,7 +724,7 @@ def norm_bwd(
             *layouts,
             weight_offset,
             cfg.tiles_per_program,
-            *(() if cfg.single_block else (cfg.tiles_per_group,)),
+            *extra,
             **constexprs,
         )
         if columns is not None:

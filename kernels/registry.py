@@ -10,8 +10,10 @@ Roles (:data:`ROLES`) name what a pointer argument holds, in the math of
 :mod:`layernorm_gpu.reference`: ``x`` (the norm's input; h when the backward follows a fused
 add), ``residual``, ``h`` (``x + residual``), ``y``, ``weight``, ``bias``, ``mean``, ``rstd``,
 ``dy``, ``dh`` (gradient of h), ``dx``, ``dw_partial`` / ``db_partial`` (one float32 row per
-backward program), ``c_scratch`` (the looped backward's per-row c1, c2), ``dweight``,
-``dbias`` (stored by the partial sum, or by the backward's columns launch).
+single-block backward program), ``c_scratch`` (each row's c1, c2 for the column-parallel
+backward), ``dw_acc`` / ``db_acc`` (the looped backward's running float32 dW / dB, one row),
+``dweight``, ``dbias`` (stored by the partial sum, the looped backward or the backward's columns
+launch).
 
 Importing this module does not import Triton; :data:`KERNELS` (every kernel) does.
 """
@@ -39,6 +41,8 @@ ROLES = (
     "dw_partial",
     "db_partial",
     "c_scratch",
+    "dw_acc",
+    "db_acc",
     "dweight",
     "dbias",
 )

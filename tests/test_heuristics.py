@@ -111,7 +111,8 @@ PINNED = {
     ("bwd", 8192, 4, "sm_90"): (8192, 1, True, 32, 132),
     # issue 10: the looped forward's grid keeps the rows it re-reads within half of L2
     ("fwd", 65536, 2, "sm_90"): (4096, 1, False, 16, 132),
-    ("bwd", 65536, 4, "sm_90"): (4096, 1, False, 16, 132),
+    # and the looped backward's band of one row per program within 0.6 of it: 60 programs
+    ("bwd", 65536, 4, "sm_90"): (4096, 1, False, 16, 60),
     ("fwd", 1024, 2, "sm_80"): (1024, 4, True, 8, 820),
     ("bwd", 1, 2, "sm_80"): (1, 64, True, 1, 86),
     ("fwd", 4096, 2, "sm_80"): (4096, 1, True, 8, 863),
@@ -294,51 +295,72 @@ def test_backward_keeps_littles_law_in_flight(target, n, elem_size, fused):
     assert per_sm >= factor * needed
 
 
+def _band_fits(cfg: h.NormConfig, n: int, elem_size: int, target: h.Target) -> bool:
+    """A band of the looped backward (one tile of x and dy per program) fits the L2 window."""
+    band = cfg.grid * cfg.rows_per_tile * n * elem_size * 2
+    return band <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes
+
+
 @pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 @pytest.mark.parametrize("n", (16384, 32768, 65536, 131072, 262144))
-def test_looped_backward_fits_its_rows_in_l2_or_says_it_does_not(target, elem_size, n):
-    """The looped backward's row groups and grid: where its groups are smaller than a
-    program's rows, the rows its resident programs re-read plus their dW/dB partial rows fit in
-    BWD_L2_WINDOW_FRACTION of L2; otherwise it runs one program per SM with one group (and re-reads
-    from DRAM, which the traffic report's widths table counts). Half the SMs at the least."""
+def test_looped_backward_fits_its_band_in_l2_or_says_it_does_not(target, elem_size, n):
+    """The looped backward's grid: its band (one row of x and dy per program, re-read twice)
+    fits in BWD_L2_WINDOW_FRACTION of L2, on one program per SM or as few as
+    BWD_MIN_SM_FRACTION of the SMs; where it cannot, the column-parallel launch takes over.
+    16-bit rows up to 131072 columns (A100, H100) and 262144 (B200) are read once (issue 10)."""
     m = (1 << 26) // n
     cfg = h.backward_config(m, n, elem_size, target)
     assert not cfg.single_block
-    window = cfg.grid * (cfg.tiles_per_group * n * elem_size * 2 + 2 * 4 * n)
-    one_per_sm = h.backward_config(m, n, elem_size, dataclasses.replace(target, l2_bytes=1 << 40))
-    if cfg.tiles_per_group < cfg.tiles_per_program or cfg.grid < one_per_sm.grid:
-        assert window <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes
-    else:
-        assert cfg.grid == one_per_sm.grid
     assert cfg.grid >= min(m, h.BWD_MIN_SM_FRACTION * target.sm_count)
-    # 16-bit rows of 16384 (A100, H100) and 32768 (B200 also 65536) columns are read once
-    if elem_size == 2 and n <= (65536 if target is B200 else 32768):
-        assert window <= h.BWD_L2_WINDOW_FRACTION * target.l2_bytes
+    assert _band_fits(cfg, n, elem_size, target) == (cfg.columns is None)
+    if elem_size == 2 and n <= (262144 if target is B200 else 131072):
+        assert cfg.columns is None
 
 
 @pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 @pytest.mark.parametrize("n", (8192, 16384, 32768, 65536, 131072, 262144, 1 << 20))
 @pytest.mark.parametrize("m", (1, 64, 1000, None))
-def test_backward_goes_column_parallel_exactly_where_no_row_fits_l2(target, elem_size, n, m):
-    """The looped backward computes c1, c2 only (one group: its rows are read once) and a
-    column-parallel launch the rest exactly where not one row per program, with its dW/dB
-    partial rows, fits the L2 window; 16-bit rows: from 65536 columns on an A100 / H100 and
-    131072 on a B200 at M x N = 2**26 (the traffic report's widths table)."""
+def test_backward_goes_column_parallel_exactly_where_no_band_fits_l2(target, elem_size, n, m):
+    """The looped backward computes c1, c2 only and a column-parallel launch the rest exactly
+    where no band fits the L2 window: not one row per program on at least BWD_MIN_SM_FRACTION
+    of the SMs, nor all of M's rows at once; 16-bit rows at M x N = 2**26: from 262144 columns on
+    an A100 / H100 and 524288 on a B200."""
     m = m or (1 << 26) // n
     cfg = h.backward_config(m, n, elem_size, target)
     if cfg.single_block:
         assert cfg.columns is None
         return
-    share = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // cfg.grid
-    fits = share >= n * elem_size * 2 + 2 * 4 * n
+    fit = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // (n * elem_size * 2)
+    fits = fit >= h.BWD_MIN_SM_FRACTION * target.sm_count or fit >= min(m, target.sm_count)
     assert (cfg.columns is None) == fits  # these targets' SMs all get a block of columns
     if cfg.columns is not None:
-        assert cfg.tiles_per_group == cfg.tiles_per_program
         assert cfg.columns == h.columns_config(m, n, elem_size, target, loaded_bytes=2 * elem_size)
+    assert cfg.grid <= h.backward_config(1 << 20, n, elem_size, target).grid
     if elem_size == 2 and m == (1 << 26) // n:
-        assert (cfg.columns is not None) == (n >= (131072 if target is B200 else 65536))
+        assert (cfg.columns is not None) == (n >= (524288 if target is B200 else 262144))
+
+
+@pytest.mark.parametrize("n", (1000, 16384, 65536, 100000, 131072, 262144, 1 << 20))
+@pytest.mark.parametrize("elem_size", ELEM_SIZES)
+@pytest.mark.parametrize("target", (h.H100, B200, h.MI300X), ids=("H100", "B200", "MI300X"))
+def test_looped_backward_slices_cover_every_column_once(target, elem_size, n):
+    """The dW/dB slices of the looped backward: whole 128-byte lines each, together every column
+    exactly once over at most the grid's programs, in tiles as large as a row chunk; the tile
+    width depends on N, the dtype and the target only (a grid cut short by few rows walks its
+    wider slices in several tiles)."""
+    cfg = h.backward_config(16384, n, elem_size, target)
+    if cfg.single_block:
+        return
+    for grid in (cfg.grid, 1, 7):
+        slice_n, block, rows = h.backward_slice(n, grid, elem_size, cfg.slice_block)
+        assert slice_n * elem_size % h.COLUMNS_MIN_BLOCK_BYTES == 0
+        assert h.cdiv(n, slice_n) <= grid and grid * slice_n >= n
+        assert block == cfg.slice_block and block & (block - 1) == 0
+        assert rows == max(1, min(h.MAX_ROWS_PER_TILE, h.SLICE_TILE_BYTES // elem_size // block))
+    assert cfg.slice_block >= min(h.LOOP_BLOCK_N, h.backward_slice(n, cfg.grid, elem_size)[0])
+    assert h.backward_config(3, n, elem_size, target).slice_block == cfg.slice_block
 
 
 @pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
@@ -376,23 +398,28 @@ def test_columns_config(target, elem_size, n):
         assert other.int64_rows == (m > h.MAX_INT32_ROWS)
 
 
-@pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
+# A GPU with many SMs and little L2: rows from 8448 16-bit columns fit no band (74 rows in 0.6 of
+# 4 MiB, under 40% of 304 SMs), but under 19456 columns their 64-column blocks would leave SMs
+# without one.
+MANY_SMS_SMALL_L2 = dataclasses.replace(h.MI300X, l2_bytes=4 * 2**20)
+
+
+@pytest.mark.parametrize("target", (*h.TARGETS, MANY_SMS_SMALL_L2), ids=lambda t: t.arch)
 @pytest.mark.parametrize("elem_size", ELEM_SIZES)
 @pytest.mark.parametrize("n", (8448, 11264, 16384, 19456, 32768, 65536))
 def test_backward_stays_looped_where_column_blocks_would_idle_sms(target, elem_size, n):
-    """Column-parallel only where every SM gets a block of columns: on an MI300X (32 MiB of L2,
-    304 CUs) rows from about 11K columns do not fit the looped backward's L2 window, but under
-    128 bytes x 304 columns the blocks would leave CUs idle, and the looped backward stays."""
+    """Column-parallel only where every SM gets a block of columns: where no band fits L2 but
+    blocks of 128 bytes per row would leave SMs idle, the looped backward stays (re-reading its
+    rows from DRAM, as the traffic report's widths table would count)."""
     cfg = h.backward_config(16384, n, elem_size, target)
     if cfg.columns is not None:
         assert cfg.columns.grid >= target.sm_count
     elif not cfg.single_block:
         narrowest = h.COLUMNS_MIN_BLOCK_BYTES // elem_size
-        share = int(h.BWD_L2_WINDOW_FRACTION * target.l2_bytes) // cfg.grid
-        fits = share >= n * elem_size * 2 + 2 * 4 * n
-        assert fits or h.cdiv(n, narrowest) < target.sm_count
-    if target is h.MI300X and elem_size == 2:
+        assert _band_fits(cfg, n, elem_size, target) or h.cdiv(n, narrowest) < target.sm_count
+    if target is MANY_SMS_SMALL_L2 and elem_size == 2:
         assert (cfg.columns is not None) == (n >= 19456)
+        assert not _band_fits(cfg, n, elem_size, target)
 
 
 @pytest.mark.parametrize("target", (h.A100, h.H100, B200), ids=("A100", "H100", "B200"))

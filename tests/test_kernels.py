@@ -307,21 +307,30 @@ def test_looped_kernels_over_chunks(dtype, is_rms, n):
 
 
 @pytest.mark.parametrize("num_stages", (1, 3))
-@pytest.mark.parametrize("tiles_per_group", (1, 2, 3))
-def test_looped_backward_walks_rows_in_groups(tiles_per_group, num_stages):
-    """The looped backward's row groups (pass 2 re-reads one group; the dW/dB partial row is
-    stored by the first group and added to by the later ones), ragged groups and a ragged last
-    program included: the gradients of the float64 oracle, dx bitwise independent of the
-    grouping and the pipeline depth."""
+@pytest.mark.parametrize(
+    "grid,slice_block",
+    # 11 rows in tiles of 2: bands of 2, 3 and 6 tiles, the last ragged; slices of 64 columns
+    # (4 programs own 200 columns, the fifth none) in one tile or two of 32; one band
+    ((5, 0), (5, 32), (3, 0), (2, 128), (6, 0)),
+)
+def test_looped_backward_sums_weight_gradients_by_bands(grid, slice_block, num_stages):
+    """The looped backward's dW/dB: each program sums its slice of columns over each band's
+    rows (one tile per program per band) and keeps the running sums across bands. The float64
+    oracle's gradients with ragged bands, slices and tiles; programs without columns; dx bitwise
+    independent of the grid, the slice tiles and the pipeline depth; the same bits run to run."""
     x, dy = make_input((11, 200), torch.bfloat16, offset=3.0), make_input((11, 200), torch.bfloat16)
     weight, bias = make_input(200, torch.float32), make_input(200, torch.float32)
-    cfg = _looped_config(
-        11, 64, tiles_per_program=3, tiles_per_group=tiles_per_group, num_stages=num_stages
+    cfg = dataclasses.replace(
+        _looped_config(11, 64, num_stages=num_stages), grid=grid, slice_block=slice_block
     )
+    cfg = dataclasses.replace(cfg, tiles_per_program=math.ceil(6 / grid))
     got = _run(x, weight, bias, dy, bwd_config=cfg)
     _check(got, _expected(x, weight, bias, dy), 11)
-    one_group = _run(x, weight, bias, dy, bwd_config=dataclasses.replace(cfg, tiles_per_group=3))
-    assert torch.equal(got[4], one_group[4])
+    other = _run(x, weight, bias, dy, bwd_config=dataclasses.replace(cfg, grid=6, slice_block=0))
+    assert torch.equal(got[4], other[4])
+    again = _run(x, weight, bias, dy, bwd_config=cfg)
+    for g, a in zip(got[4:], again[4:], strict=True):
+        assert torch.equal(g, a)
 
 
 def _columns_config(
@@ -332,8 +341,7 @@ def _columns_config(
     columns = kernels.ColumnsConfig(
         block_n, rows_per_tile, 4, math.ceil(n / block_n), num_stages=num_stages, **kwargs
     )
-    looped = _looped_config(rows, 64)
-    return dataclasses.replace(looped, tiles_per_group=looped.tiles_per_program, columns=columns)
+    return dataclasses.replace(_looped_config(rows, 64), columns=columns)
 
 
 @pytest.mark.parametrize("block_n,rows_per_tile,num_stages", ((64, 4, 1), (128, 1, 3)))
@@ -444,11 +452,12 @@ def test_column_parallel_backward_propagates_nan_and_inf_like_the_looped_one(whe
 
 def test_rows_are_batch_invariant_across_the_column_parallel_switch(monkeypatch):
     """Whether a wide backward runs column-parallel depends on M (its grid's share of L2): on a
-    GPU with 256 KiB of L2, one row of 8200 columns runs the two-pass looped kernel and six rows
-    the column-parallel one, and each row's dx is bitwise the same either way."""
+    GPU with 16 SMs and 256 KiB of L2, one row of 8200 columns runs the looped kernel (a band of
+    one row fits) and six rows the column-parallel one (4 rows fit, fewer than 40% of the
+    SMs), and each row's dx is bitwise the same either way."""
     launcher = importlib.import_module("layernorm_gpu.kernels.norm_bwd")
     monkeypatch.setattr(
-        launcher, "device_target", lambda device: kernels.Target(sm_count=8, l2_bytes=2**18)
+        launcher, "device_target", lambda device: kernels.Target(sm_count=16, l2_bytes=2**18)
     )
     x, dy = make_input((6, 8200), BF16, offset=2.0), make_input((6, 8200), BF16)
     weight, bias = make_input(8200, BF16), make_input(8200, BF16)
@@ -467,7 +476,7 @@ def test_rows_are_batch_invariant_across_the_column_parallel_switch(monkeypatch)
     assert names == ["norm_bwd_looped", "norm_bwd_columns"]
     for i in (0, 5):
         alone, names = backward(slice(i, i + 1))
-        assert names == ["norm_bwd_looped", "sum_partials"]
+        assert names == ["norm_bwd_looped"]
         assert torch.equal(batch[i : i + 1], alone)
 
 

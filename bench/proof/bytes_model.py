@@ -139,7 +139,6 @@ def bytes_moved(
         target,
         loaded_bytes=x_es + elem_size + fused_residual * h_es,
         column_bytes=w_es if has_weight else 0,
-        partials=has_weight + has_bias,
     )
     # the column-parallel backward (cfg.columns) sums dW/dB in registers: no partials
     partials = 0 if cfg.columns else cfg.grid * n_cols * FLOAT32

@@ -386,7 +386,6 @@ def launch_config(mode: str, case: Case, target: Target = H100) -> NormConfig:
         target,
         loaded_bytes=case.elem_size * (3 if case.fused_residual else 2),
         column_bytes=case.elem_size if case.has_weight else 0,
-        partials=case.has_weight + (case.has_bias and not case.is_rms),
     )
 
 

@@ -10,19 +10,22 @@ Two properties are load-bearing and tested:
   ``rows_per_tile``, ``num_warps``, ``single_block``) depends on N and the dtype only, never
   on M, so row i of a batch is bitwise equal to the same row normalised alone.
 * Bounded scratch: the backward grid is at most one program per SM, so each dW/dB partial
-  buffer is at most ``sm_count x N`` float32 (the column-parallel backward has none).
+  buffer of the single-block backward is at most ``sm_count x N`` float32; the looped backward
+  keeps one float32 row of running sums per gradient, the column-parallel one none.
 
 ``int64_rows`` depends on M, and it changes only how row indices are addressed (their integer
 width), never the floating-point arithmetic of a row. So does ``columns`` (whether a wide
-backward runs column-parallel, through its grid's share of L2), which moves only where dx is
-computed: a row's c1 and c2 come from the same looped first pass, its dx from the same
-elementwise arithmetic, either way.
+backward runs column-parallel: where a band of M's rows does not fit in L2), which moves only
+where dx is computed: a row's c1 and c2 come from the same looped first pass, its dx from the
+same elementwise arithmetic, either way. The grid (M caps it) shapes only the order in which
+dW and dB add up rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Register budget: a program of T threads gets at most registers_per_sm / T registers per
 # thread (NVIDIA: 65536 / T, 128 at 512 threads, 64 at 1024, the most a program can have).
@@ -123,6 +126,10 @@ BWD_L2_WINDOW_FRACTION = 0.6
 # looped kernel's 512 threads: 4096 16-bit or 2048 float32 values). Float32 tiles of 4096
 # values, pipelined, spilled at int64 row indices (sm_90: 48 bytes).
 SLICE_TILE_BYTES = LOOP_THREADS * 16
+# They come from L2, whose latency is shorter than DRAM's: their loop is pipelined at most this
+# deep. The 7-stage pipelines of 131072 16-bit columns (fewer programs than SMs) spilled there
+# (sm_80: 56 bytes, sm_90: 24); at 4, none.
+SLICE_MAX_STAGES = BWD_MAX_STAGES
 # Where one row per SM does not fit, the looped backward runs on as few programs as fit, down
 # to this fraction of the SMs: 131072 16-bit columns on an A100 / H100 (48 and 60 programs:
 # 44% and 45%), 262144 on a B200 (75, 51%). Those programs deepen their pipelines by SMs /
@@ -465,7 +472,7 @@ def backward_config(
     stages = backward_stages(stage_bytes, target, depth + 1)
     columns, slice_block = None, 0
     if not single:
-        slice_block = backward_slice(n_cols, programs, elem_size)[1]
+        slice_block = backward_slice(n_cols, programs, elem_size).block
         if not fits:
             columns = columns_config(n_rows, n_cols, elem_size, target, loaded_bytes=loaded_bytes)
             if columns.grid < target.sm_count:  # rows too narrow to give every SM a block
@@ -488,21 +495,32 @@ def backward_programs(band_bytes: int, n_tiles: int, target: Target = H100) -> t
     return target.sm_count, fit >= min(target.sm_count, n_tiles)
 
 
+class BandSlice(NamedTuple):
+    """How a looped backward program sums dW/dB over a band (:func:`backward_slice`)."""
+
+    slice_n: int  # columns it owns, from pid * slice_n
+    block: int  # tile width (SLICE_N)
+    rows: int  # rows per tile (SLICE_ROWS)
+    stages: int  # pipeline depth (SLICE_STAGES)
+
+
 def backward_slice(
-    n_cols: int, grid: int, elem_size: int, slice_block: int = 0
-) -> tuple[int, int, int]:
-    """``(slice_n, slice_block, slice_rows)`` of the looped backward's dW/dB sums: program
-    ``p`` owns columns ``[p * slice_n, (p + 1) * slice_n)`` (an even share of the ``grid``,
-    rounded up to whole 128-byte lines, COLUMNS_MIN_BLOCK_BYTES, so that each row's slice is
-    whole L2 sectors and 128-bit loads) and sums them over each band's rows in tiles of
-    ``slice_rows`` x ``slice_block`` (SLICE_TILE_BYTES of each tensor). ``slice_block``: the
-    tile width, or 0 for the narrowest power of two that holds the slice, at most LOOP_BLOCK_N
-    (wider slices, from grids cut short by few rows, are walked in several tiles)."""
+    n_cols: int, grid: int, elem_size: int, slice_block: int = 0, num_stages: int = 1
+) -> BandSlice:
+    """The dW/dB sums of the looped backward: program ``p`` owns columns
+    ``[p * slice_n, (p + 1) * slice_n)`` (an even share of the ``grid``, rounded up to whole
+    128-byte lines, COLUMNS_MIN_BLOCK_BYTES, so that each row's slice is whole L2 sectors and
+    128-bit loads) and sums them over each band's rows in tiles of ``rows`` x ``block``
+    (SLICE_TILE_BYTES of each tensor), pipelined like the row loop (``num_stages``) up to
+    SLICE_MAX_STAGES. ``slice_block``: the tile width, or 0 for the narrowest power of two that
+    holds the slice, at most LOOP_BLOCK_N (wider slices, from grids cut short by few rows, are
+    walked in several tiles)."""
     line = COLUMNS_MIN_BLOCK_BYTES // (4 if elem_size >= 4 else 2)
     slice_n = cdiv(cdiv(n_cols, max(grid, 1)), line) * line
     slice_block = slice_block or min(next_power_of_2(slice_n), LOOP_BLOCK_N)
     tile = SLICE_TILE_BYTES // (4 if elem_size >= 4 else 2)
-    return slice_n, slice_block, max(1, min(MAX_ROWS_PER_TILE, tile // slice_block))
+    rows = max(1, min(MAX_ROWS_PER_TILE, tile // slice_block))
+    return BandSlice(slice_n, slice_block, rows, min(num_stages, SLICE_MAX_STAGES))
 
 
 def backward_stages(

@@ -10,17 +10,18 @@ elements in float32, with ``g = dy * (weight + weight_offset)`` (``g = dy`` with
     dW    = sum over rows of dy * x_hat
     dB    = sum over rows of dy
 
-dW and dB: each program of a grid of at most one per SM accumulates its rows in float32
-registers and writes one partial row; :func:`_sum_partials_kernel` then adds the partial rows
-column by column in a fixed order. No atomics, no locks: the same inputs give bitwise-equal
-gradients on every run. Rows up to the single-block width are held whole
-(:func:`_norm_bwd_single_block_kernel`); wider rows are walked in chunks, twice, in groups of
-rows small enough for the second walk to be served by L2 (:func:`_norm_bwd_looped_kernel`).
-Where not one row per program fits in L2, the looped kernel computes c1, c2 only and the
-single-block kernel, switched to ``COLUMNS``, computes dx, dW and dB over blocks of columns of
-every row: dW and dB are summed in registers and stored once, with no partials (heuristics'
-COLUMNS_MIN_BLOCK_BYTES).
-Both kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
+dW and dB, deterministically (no atomics, no locks: the same inputs give bitwise-equal
+gradients on every run). Rows up to the single-block width are held whole
+(:func:`_norm_bwd_single_block_kernel`): each program of a grid of at most one per SM
+accumulates its rows in float32 registers and writes one partial row, which
+:func:`_sum_partials_kernel` adds up column by column in a fixed order. Wider rows are walked in
+chunks (:func:`_norm_bwd_looped_kernel`) in bands of one row tile per program, small enough to
+stay in L2 while each program re-reads its own rows for dx and, for its own slice of columns,
+every row of the band for dW and dB: one launch, no partial rows. Where not even such a band
+fits in L2, the looped kernel computes c1, c2 only and the single-block kernel, switched to
+``COLUMNS``, computes dx, dW and dB over blocks of columns of every row (heuristics'
+BWD_MIN_SM_FRACTION).
+The kernels software-pipeline their loops (``tl.range(..., num_stages=NUM_STAGES)``:
 asynchronous copies of the next tiles while one is reduced) to keep enough bytes in flight.
 """
 
@@ -172,21 +173,15 @@ def _store_column_sums(
     col_mask,
     dw_acc,
     db_acc,
-    accumulate,
     COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr,
 ):
     """The column sums of the accumulators, stored at ``DW + offs`` and ``DB + offs`` (a row of
-    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes; added to what is
-    there when ``accumulate`` (a later group of rows of the looped kernel; the program's own
-    earlier store, ordered by a barrier)."""
-    keep = col_mask & accumulate
+    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes."""
     if COMPUTE_DW:
-        dw = tl.sum(dw_acc, axis=0) + tl.load(DW + offs, mask=keep, other=0.0)
-        tl.store(DW + offs, dw, col_mask)
+        tl.store(DW + offs, tl.sum(dw_acc, axis=0), col_mask)
     if COMPUTE_DB:
-        db = tl.sum(db_acc, axis=0) + tl.load(DB + offs, mask=keep, other=0.0)
-        tl.store(DB + offs, db, col_mask)
+        tl.store(DB + offs, tl.sum(db_acc, axis=0), col_mask)
 
 
 @triton.jit
@@ -304,7 +299,7 @@ def _norm_bwd_single_block_kernel(
         sums = cols  # dW and dB themselves
     else:
         sums = pid.to(tl.int64) * n_cols + cols  # the program's row of the partials
-    _store_column_sums(DW, DB, sums, col_mask, dw_acc, db_acc, False, COMPUTE_DW, COMPUTE_DB)
+    _store_column_sums(DW, DB, sums, col_mask, dw_acc, db_acc, COMPUTE_DW, COMPUTE_DB)
 
 
 @triton.jit
@@ -386,6 +381,7 @@ def _norm_bwd_looped_kernel(
     BLOCK_N: tl.constexpr,
     SLICE_ROWS: tl.constexpr,
     SLICE_N: tl.constexpr,
+    SLICE_STAGES: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
@@ -408,9 +404,10 @@ def _norm_bwd_looped_kernel(
     3. walks its tile's chunks again and writes dx (x and dy from L2).
 
     Between a chunk's reads, the resident programs hold about one band of rows in L2 (the
-    heuristics size the grid so that it fits). All loops are software-pipelined ``NUM_STAGES``
-    deep. With ``STATS_ONLY`` the program stores c1, c2 in ``C`` and stops after step 1 (for the
-    ``COLUMNS`` launch of :func:`_norm_bwd_single_block_kernel`).
+    heuristics size the grid so that it fits). The row loops are software-pipelined
+    ``NUM_STAGES`` deep, the band loop ``SLICE_STAGES``. With ``STATS_ONLY`` the program stores
+    c1, c2 in ``C`` and stops after step 1 (for the ``COLUMNS`` launch of
+    :func:`_norm_bwd_single_block_kernel`).
     """
     pid = program_id(INT64_ROWS)
     n_programs = pid * 0 + tl.num_programs(0)  # pid's integer type
@@ -458,7 +455,7 @@ def _norm_bwd_looped_kernel(
                     w, b = _affine(W, B, s, s_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
                     dw_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
                     db_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
-                    for r in tl.range(band_start, band_end, SLICE_ROWS, num_stages=NUM_STAGES):
+                    for r in tl.range(band_start, band_end, SLICE_ROWS, num_stages=SLICE_STAGES):
                         # masked to the band's rows: the next band is summed next time
                         s_rows, s_row_mask, s_x_row, s_dy_row, s_mean, s_rstd = _tile(
                             Mean, Rstd, r, band_end, x_layout, dy_layout, IS_RMS, X_IS_Y,
@@ -700,11 +697,9 @@ def norm_bwd(
         extra = ()
     else:
         kernel, constexprs["STATS_ONLY"] = NORM_BWD_LOOPED, columns is not None
-        slice_n, slice_block, slice_rows = backward_slice(
-            n_cols, cfg.grid, x.element_size(), cfg.slice_block
-        )
-        constexprs.update(SLICE_N=slice_block, SLICE_ROWS=slice_rows)
-        extra = (slice_n,)
+        band = backward_slice(n_cols, cfg.grid, x.element_size(), cfg.slice_block, cfg.num_stages)
+        constexprs.update(SLICE_N=band.block, SLICE_ROWS=band.rows, SLICE_STAGES=band.stages)
+        extra = (band.slice_n,)
         tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dweight, dbias)
         tensors += (band_sums.get("dw"), band_sums.get("db"), None)
     # the statistics launch of the column-parallel backward keeps each row's (c1, c2) for it

@@ -354,12 +354,15 @@ def test_looped_backward_slices_cover_every_column_once(target, elem_size, n):
     if cfg.single_block:
         return
     for grid in (cfg.grid, 1, 7):
-        slice_n, block, rows = h.backward_slice(n, grid, elem_size, cfg.slice_block)
+        slice_n, block, rows, stages = h.backward_slice(
+            n, grid, elem_size, cfg.slice_block, cfg.num_stages
+        )
+        assert stages == min(cfg.num_stages, h.SLICE_MAX_STAGES)
         assert slice_n * elem_size % h.COLUMNS_MIN_BLOCK_BYTES == 0
         assert h.cdiv(n, slice_n) <= grid and grid * slice_n >= n
         assert block == cfg.slice_block and block & (block - 1) == 0
         assert rows == max(1, min(h.MAX_ROWS_PER_TILE, h.SLICE_TILE_BYTES // elem_size // block))
-    assert cfg.slice_block >= min(h.LOOP_BLOCK_N, h.backward_slice(n, cfg.grid, elem_size)[0])
+    assert cfg.slice_block >= min(h.LOOP_BLOCK_N, h.backward_slice(n, cfg.grid, elem_size).slice_n)
     assert h.backward_config(3, n, elem_size, target).slice_block == cfg.slice_block
 
 

@@ -116,20 +116,28 @@ BWD_SHARED_FRACTION = 0.9
 # The looped backward walks its rows in bands of one tile per program (_norm_bwd_looped_kernel):
 # a program reads its row for c1, c2 (x and dy from DRAM), then, for its own slice of
 # columns, every row of the band for dW/dB, then its row again for dx. Both re-reads must
-# come from L2: the band's rows (x, dy, dh: grid x row bytes) should take at most
-# BWD_L2_WINDOW_FRACTION of L2. The rest is the dx written meanwhile (half a band in 16-bit)
-# and the L2's split into two partitions that may each hold a copy of a line. dW/dB need no
-# partial rows: each column has one owner, who keeps its running float32 sums in an N-wide
-# scratch row (one row in all, 8 bytes per column, written back once).
+# come from L2. Between a line's first read and its last, L2 takes in the band's x and dy
+# and, while pass 2 runs, the dx it writes and the dh it reads (once, but through L2 all the
+# same); a least-recently-used L2 first evicts the lines pass 2 has not yet re-read (last
+# touched by the dW/dB sums). So the band's x, dy and dh (grid x row bytes) should take at
+# most BWD_L2_WINDOW_FRACTION of L2: with dx (half a band of x and dy in 16-bit) the
+# footprint peaks near 0.9 of it, leaving room for the L2's split into two partitions that may
+# each hold a copy of a line. dW/dB need no partial rows: each column has one owner, who
+# keeps its running float32 sums in an N-wide scratch row (one row in all, read and written
+# from L2 once per band, 8 bytes per column, written back to DRAM once). On an MI300X the
+# 32 MiB L2 is eight private 4 MiB L2s, one per XCD, and programs are spread over them: the
+# dW/dB sums' reads of other programs' rows come from the Infinity Cache behind them
+# (not measured).
 BWD_L2_WINDOW_FRACTION = 0.6
 # The tiles of those dW/dB sums hold one 128-bit load per thread of each tensor (8 KiB over the
 # looped kernel's 512 threads: 4096 16-bit or 2048 float32 values). Float32 tiles of 4096
 # values, pipelined, spilled at int64 row indices (sm_90: 48 bytes).
 SLICE_TILE_BYTES = LOOP_THREADS * 16
 # They come from L2, whose latency is shorter than DRAM's: their loop is pipelined at most this
-# deep. The 7-stage pipelines of 131072 16-bit columns (fewer programs than SMs) spilled there
-# (sm_80: 56 bytes, sm_90: 24); at 4, none.
-SLICE_MAX_STAGES = BWD_MAX_STAGES
+# deep (two tiles in flight, 32 KiB of x and dy). The 7-stage pipelines of 131072 16-bit
+# columns (fewer programs than SMs) spilled there (sm_80: 56 bytes, sm_90: 24); at 4 stages a
+# float32 65536-column LayerNorm kept 8 bytes of stack on sm_90; at 3, nothing spills.
+SLICE_MAX_STAGES = 3
 # Where one row per SM does not fit, the looped backward runs on as few programs as fit, down
 # to this fraction of the SMs: 131072 16-bit columns on an A100 / H100 (48 and 60 programs:
 # 44% and 45%), 262144 on a B200 (75, 51%). Those programs deepen their pipelines by SMs /
@@ -371,8 +379,10 @@ def _row_blocking(
 
 
 def _persistent(n_rows: int, rows_per_tile: int, max_programs: int) -> tuple[int, int, bool]:
-    """(grid, tiles_per_program, int64_rows): consecutive tiles per program, every program
-    non-empty; int64 row indices when the rows the grid covers pass MAX_INT32_ROWS."""
+    """(grid, tiles_per_program, int64_rows): ``tiles_per_program`` tiles per program (the
+    looped backward walks them one band of ``grid`` tiles at a time, the others consecutively),
+    every program non-empty; int64 row indices when the rows the grid covers pass
+    MAX_INT32_ROWS."""
     n_tiles = max(1, cdiv(n_rows, rows_per_tile))
     tiles_per_program = cdiv(n_tiles, max(1, min(n_tiles, max_programs)))
     grid = cdiv(n_tiles, tiles_per_program)
@@ -513,12 +523,12 @@ def backward_slice(
     128-bit loads) and sums them over each band's rows in tiles of ``rows`` x ``block``
     (SLICE_TILE_BYTES of each tensor), pipelined like the row loop (``num_stages``) up to
     SLICE_MAX_STAGES. ``slice_block``: the tile width, or 0 for the narrowest power of two that
-    holds the slice, at most LOOP_BLOCK_N (wider slices, from grids cut short by few rows, are
-    walked in several tiles)."""
+    holds the slice, at most a tile's worth (wider slices, of the widest rows or of grids cut
+    short by few rows, are walked in several tiles)."""
     line = COLUMNS_MIN_BLOCK_BYTES // (4 if elem_size >= 4 else 2)
     slice_n = cdiv(cdiv(n_cols, max(grid, 1)), line) * line
-    slice_block = slice_block or min(next_power_of_2(slice_n), LOOP_BLOCK_N)
     tile = SLICE_TILE_BYTES // (4 if elem_size >= 4 else 2)
+    slice_block = slice_block or min(next_power_of_2(slice_n), tile)
     rows = max(1, min(MAX_ROWS_PER_TILE, tile // slice_block))
     return BandSlice(slice_n, slice_block, rows, min(num_stages, SLICE_MAX_STAGES))
 

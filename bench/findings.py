@@ -73,8 +73,8 @@ def read_write_table(traced: list[TracedCase]) -> tuple[Table, Outcome]:
         once = (
             f"read: {', '.join(read)}; written: {', '.join(written)}"
             if read or written
-            else "not checked: wider than one block, walked twice (the second from L2: see the "
-            "widths table)"
+            else "not checked: wider than one block, read more than once (the later reads from "
+            "L2: see the widths table)"
         )
         table.add(
             problem(t.case),

@@ -337,6 +337,28 @@ def test_looped_backward_reads_its_band_once_where_it_fits_l2(interpreted, l2_ki
         assert check.reads >= 1.5, check.reads
 
 
+@pytest.mark.parametrize("l2_kib, fits", ((16, True), (2, False)))
+def test_fused_forward_reads_h_back_from_l2_where_its_rows_fit(interpreted, l2_kib, fits):
+    """The looped fused forward (4 programs, 2 rows each of 256 fp16 columns in chunks of 64)
+    stores h in its first pass and reads it back in its second: counted with x and the
+    residual, read once in all where the rows fit L2, h fetched again where they do not."""
+    case = traffic.Case(8, 256, torch.float16, is_rms=True, has_bias=False, fused_residual=True)
+    cfg = dataclasses.replace(
+        forward_config(8, 256, 2),
+        block_n=64,
+        rows_per_tile=1,
+        single_block=False,
+        grid=4,
+        tiles_per_program=2,
+    )
+    check = traffic.window_check("fwd", case, Target(sm_count=4, l2_bytes=l2_kib * 1024), cfg)
+    assert set(check.distinct) == {"x", "residual"} and "h" in check.from_dram
+    if fits:
+        assert check.reads == 1.0 and check.from_dram["h"] == 0, check
+    else:
+        assert check.reads >= 1.4 and check.from_dram["h"] > 0, check
+
+
 def test_window_check_takes_only_looped_configs_in_bands_or_rows(interpreted):
     """The column-parallel backward reads x and dy twice by construction, a single block once:
     no L2 window to check."""

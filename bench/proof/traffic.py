@@ -562,8 +562,10 @@ def prediction_table(n_rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -
 
 # --- one read at every width: the L2 window ------------------------------------------------
 
-# Row tensors whose second read (looped kernels) must come from L2.
-ROW_LOADS = ("x", "residual", "dy", "dh")
+# Row tensors the kernels read from their caller, whose later reads (looped kernels) must come
+# from L2; and the fused forward's h, which its first pass stores and its second reads back.
+ROW_INPUTS = ("x", "residual", "dy", "dh")
+ROW_LOADS = (*ROW_INPUTS, "h")
 # Every width the heuristics must serve with one DRAM read of x and dy, per GPU (the widest:
 # 131072 on A100 / H100, 262144 on B200), each at M x N = 2**26 elements for the byte targets.
 WIDTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
@@ -613,12 +615,13 @@ class WindowCheck:
     traced: NormConfig  # the launch traced, on traced_cols columns
     traced_cols: int
     cache_bytes: int  # the L2 scaled to the traced launch
-    distinct: dict[str, int]  # bytes (32-byte sectors) each row tensor loads, counted once
-    from_dram: dict[str, int]  # ... and loads from DRAM through the scaled L2
+    distinct: dict[str, int]  # bytes (32-byte sectors) each row input loads, counted once
+    from_dram: dict[str, int]  # bytes each row tensor (inputs, and h) loads from DRAM
 
     @property
     def reads(self) -> float:
-        """DRAM reads per element of the row tensors (1.0: each read once)."""
+        """DRAM reads per element of the row inputs (1.0: each read once, and h, where the
+        fused forward reads it back, served by L2)."""
         return sum(self.from_dram.values()) / max(1, sum(self.distinct.values()))
 
 
@@ -643,7 +646,6 @@ def window_check(
     free = target.l2_bytes - per_column * case.n_cols  # the real L2 less its column vectors
     cache = int(free * scale + per_column * n_cols)
     from_dram, distinct = dram_loaded(lockstep(traffic.sequence), cache)
-    roles = [r for r in ROW_LOADS if r in distinct]
     return WindowCheck(
         mode,
         case,
@@ -652,8 +654,8 @@ def window_check(
         cfg,
         n_cols,
         cache,
-        {r: distinct[r] for r in roles},
-        {r: from_dram[r] for r in roles},
+        {r: distinct[r] for r in ROW_INPUTS if r in distinct},
+        {r: from_dram[r] for r in ROW_LOADS if r in from_dram},
     )
 
 

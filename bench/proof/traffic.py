@@ -553,9 +553,10 @@ def prediction_table(n_rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -
             f"{b.seconds(H100_BANDWIDTH) * 1e6:.1f} us",
         )
     table.notes.append(
-        "ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx "
-        "backward); rows above 16384 (forward) / 8192 (backward) are looped and "
-        "read twice."
+        "ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx backward); rows "
+        "above 16384 (forward) / 8192 (backward) are looped, their later reads served by L2 "
+        "where the rows in flight fit its window (the widths table), and the widest backward "
+        "(262144) runs column-parallel: x and dy read twice."
     )
     return table
 

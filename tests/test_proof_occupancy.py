@@ -44,18 +44,23 @@ def test_pipeline_depth_is_counted_from_the_wait_groups():
 
     assert occupancy.pipeline_depth(loop(3, "1")) == 2
     assert occupancy.pipeline_depth(loop(4, "1")) == 3
-    # two loops in one kernel (the looped backward's passes): the less pipelined one counts,
-    # and the first loop's body commits do not add to the second's prologue
-    assert occupancy.pipeline_depth(loop(4, "1") + loop(3, "2")) == 2
-    assert occupancy.pipeline_depth("ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];") == 1
+    # several loops in one kernel (the looped backward's first pass, its band's column sums and
+    # its second pass): each is counted, the first loop's body commits do not add to the next
+    # one's prologue, and the kernel's depth is its first loop's (the one streaming from DRAM),
+    # deeper or shallower than the others
+    assert occupancy.pipeline_depths(loop(4, "1") + loop(3, "2") + loop(5, "3")) == [3, 2, 4]
+    assert occupancy.pipeline_depth(loop(4, "1") + loop(3, "2")) == 3
+    assert occupancy.pipeline_depth(loop(3, "1") + loop(4, "2")) == 2
+    plain = "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];"
+    assert occupancy.pipeline_depths(plain) == [] and occupancy.pipeline_depth(plain) == 1
 
 
 def test_tile_load_bytes():
     tile = 4096
     assert occupancy.tile_load_bytes({"x": 2, "dy": 2}, tile, looped=False) == 16384
     assert occupancy.tile_load_bytes({"x": 2, "dy": 2, "dh": 2}, tile, looped=False) == 24576
-    # Looped: the first pass, which streams from DRAM (the second re-reads from L2). Fused
-    # forward: x + residual (then h from L2).
+    # Looped: the first pass, which streams from DRAM (the second, and the backward's column
+    # sums over its band, re-read from L2). Fused forward: x + residual (then h from L2).
     fused_fwd = {"x": 2, "residual": 2, "h": 2}
     assert occupancy.tile_load_bytes(fused_fwd, tile, looped=True) == 16384
     # Backward with dh: x + dy (dh comes with the second pass: left out, a lower bound).

@@ -3,14 +3,23 @@
 The norms are memory-bound: a row of N elements costs ~10 flops per element, far below the
 H100's ~100 flops/byte balance point, so the time of a large launch is its DRAM traffic over the
 bandwidth. :func:`bytes_moved` counts that traffic term by term for the launch configuration the
-heuristics pick (the backward's partial-buffer size depends on its grid), in a DRAM model:
+heuristics pick (the backward's grid sets its partial rows and its band), in a DRAM model:
 
 * every tensor element is fetched from DRAM once per pass that reads it, except that a looped
-  launch's second pass over a row is served by L2 when the rows every resident program holds
-  between its two passes (and the backward's partial rows) fit in L2 (:func:`l2_window`; the
-  traffic report replays the traced accesses through an LRU cache to check it);
+  launch's later reads of a row are served by L2 when the rows in flight between them fit
+  (:func:`l2_window`), the heuristics' own rule: the forward's resident programs' rows within
+  FWD_L2_WINDOW_FRACTION of L2 (the y written meanwhile takes as much again in 16-bit), the
+  backward's band (one tile per program) within BWD_L2_WINDOW_FRACTION (the dx written
+  meanwhile takes half a band in 16-bit). The traffic report replays traced launches through
+  an LRU cache to check both (:func:`bench.proof.traffic.window_check`);
 * ``weight`` and ``bias`` are fetched once: every program re-reads them, but they are N elements
   that stay in L2 (the traffic report lists those L2 re-reads on their own line);
+* stores are written back to DRAM once per address (L2 is write-back), and a load of an address
+  stored shortly before is served by L2: the looped backward's float32 dW/dB running sums (one
+  N-wide row, read back by their owner at the next band) are written once; the single-block
+  backward's partial rows (grid x N float32 each, the last thing every program stores, summed
+  by the next launch) are read back from L2 when all of them fit in BWD_L2_WINDOW_FRACTION of
+  it (:func:`partials_fit`), else from DRAM;
 * ``mean`` / ``rstd`` / partial sums are float32.
 
 ``minimum`` is the traffic no implementation can avoid: read x and write y (plus read residual
@@ -22,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layernorm_gpu.kernels.heuristics import (
+    BWD_L2_WINDOW_FRACTION,
+    FWD_L2_WINDOW_FRACTION,
     H100,
     NormConfig,
     Target,
@@ -90,7 +101,8 @@ def bytes_moved(
             weight read, bias read            N*w_es each, once (L2-resident)
             y write                           M*N*es
             mean write (LayerNorm), rstd      M*4 each
-            x (or h) re-read, pass 2          M*N*es (looped rows only)
+            x (or h) re-read, pass 2          M*N*es (looped rows, where the L2 window does
+                                              not fit)
 
         backward (``x`` is the norm's input: h when fused)::
 
@@ -98,12 +110,17 @@ def bytes_moved(
             weight read                       N*w_es
             mean read (LayerNorm), rstd read  M*4 each
             dx write                          M*N*x_es
-            dW/dB partials write + read       grid*N*4 each, twice (written, summed; not
-                                              when column-parallel)
+            dW/dB partials write              grid*N*4 each (single block)
+            dW/dB partials read               grid*N*4 each (single block, where the partial
+                                              rows do not fit the L2 window: partials_fit)
+            dW/dB running sums                N*4 each, written back once (looped, in bands,
+                                              with more than one band)
             dW/dB write                       N*w_es each
-            x, dy re-read, pass 2             M*N*(x_es + es) (looped rows only; always
-                                              when column-parallel: its second launch)
-            c1/c2 scratch write + read        2*M*4, twice (looped rows only)
+            x, dy band re-read                M*N*(x_es + es) (looped in bands, where a band
+                                              does not fit the L2 window)
+            x, dy re-read, pass 2             M*N*(x_es + es) (likewise; and always when
+                                              column-parallel: its second launch)
+            c1/c2 scratch write + read        2*M*4, twice (column-parallel only)
     """
     w_es = weight_elem_size or elem_size
     h_es = h_elem_size or elem_size
@@ -122,8 +139,8 @@ def bytes_moved(
         terms["y write"] = tile * elem_size
         terms["mean write"] = 0 if is_rms else stats
         terms["rstd write"] = stats
-        window = cfg.grid * n_cols * (h_es if fused_residual else elem_size)
-        if not cfg.single_block and window > target.l2_bytes:
+        window = l2_window(cfg, n_cols * (h_es if fused_residual else elem_size))
+        if not cfg.single_block and window > FWD_L2_WINDOW_FRACTION * target.l2_bytes:
             terms["pass-2 re-read"] = tile * (h_es if fused_residual else elem_size)
         minimum = terms["x read"] + terms["y write"]
         if fused_residual:
@@ -140,8 +157,6 @@ def bytes_moved(
         loaded_bytes=x_es + elem_size + fused_residual * h_es,
         column_bytes=w_es if has_weight else 0,
     )
-    # the column-parallel backward (cfg.columns) sums dW/dB in registers: no partials
-    partials = 0 if cfg.columns else cfg.grid * n_cols * FLOAT32
     terms["x read"] = tile * x_es
     terms["dy read"] = tile * elem_size
     if fused_residual:
@@ -150,25 +165,58 @@ def bytes_moved(
     terms["mean read"] = 0 if is_rms else stats
     terms["rstd read"] = stats
     terms["dx write"] = tile * x_es
-    terms["dW partials write+read"] = 2 * partials if has_weight else 0
-    terms["dB partials write+read"] = 2 * partials if has_bias else 0
-    terms["dW/dB write"] = n_cols * w_es * (has_weight + has_bias)
+    gradients = has_weight + has_bias
+    if cfg.single_block:
+        partials = cfg.grid * n_cols * FLOAT32
+        terms["dW/dB partials write"] = gradients * partials
+        fit = partials_fit(cfg, n_cols, gradients, target)
+        terms["dW/dB partials read"] = 0 if fit else gradients * partials
+    elif not cfg.columns and cfg.tiles_per_program > 1:
+        # the last band stores dW/dB themselves: one band never touches the running sums
+        terms["dW/dB running sums"] = gradients * n_cols * FLOAT32
+    terms["dW/dB write"] = n_cols * w_es * gradients
     if not cfg.single_block:
-        # pass 1 reads x and dy; dh is read once, by pass 2 (or the column-parallel launch)
+        # x and dy are read by pass 1 (then the band's column sums and pass 2 re-read them); dh
+        # is read once, by pass 2 (or the column-parallel launch)
         row = n_cols * (x_es + elem_size + fused_residual * h_es)
-        window = l2_window(cfg, row, n_cols * FLOAT32 * (has_weight + has_bias))
-        if cfg.columns or window > target.l2_bytes:
-            terms["pass-2 re-read"] = tile * (x_es + elem_size)
-        terms["c1/c2 scratch"] = 2 * 2 * stats
+        rows = tile * (x_es + elem_size)
+        if cfg.columns:
+            terms["pass-2 re-read"] = rows
+            terms["c1/c2 scratch"] = 2 * 2 * stats
+        elif l2_window(cfg, row) > BWD_L2_WINDOW_FRACTION * target.l2_bytes:
+            terms["band re-read"] = rows
+            terms["pass-2 re-read"] = rows
     minimum = terms["x read"] + terms["dy read"] + terms["dx write"]
     if fused_residual:
         minimum += terms["dh read"]
     return ByteCount(minimum, terms)
 
 
-def l2_window(cfg: NormConfig, row_bytes: int, partial_bytes: int = 0) -> int:
-    """Bytes the resident programs of a looped launch hold between a row's two passes: each of
-    the ``cfg.grid`` programs (one wave) a group of ``tiles_per_group`` tiles of rows of
-    ``row_bytes`` (what pass 2 re-reads), plus its ``partial_bytes`` of dW/dB partials."""
-    rows = cfg.tiles_per_group * cfg.rows_per_tile
-    return cfg.grid * (rows * row_bytes + partial_bytes)
+def l2_window(cfg: NormConfig, row_bytes: int) -> int:
+    """Bytes a looped launch holds in L2 between a row's reads, rows of ``row_bytes`` (what the
+    later reads take again): the forward's resident programs (the grid is one wave) each hold
+    the row they walk; the backward's band is one tile of rows per program (its column sums and
+    its pass 2 re-read the band while the next is not yet read)."""
+    return cfg.grid * cfg.rows_per_tile * row_bytes
+
+
+def partials_fit(cfg: NormConfig, n_cols: int, gradients: int, target: Target = H100) -> bool:
+    """Whether the single-block backward's float32 partial rows (``cfg.grid`` rows of ``n_cols``
+    per gradient) fit in BWD_L2_WINDOW_FRACTION of L2, so that the partial sum, launched right
+    after, reads them from L2 (each program stores its row last, as it finishes)."""
+    return cfg.grid * n_cols * FLOAT32 * gradients <= BWD_L2_WINDOW_FRACTION * target.l2_bytes
+
+
+def loads_from_l2(
+    mode: str, cfg: NormConfig, n_cols: int, gradients: int, target: Target = H100
+) -> frozenset[str]:
+    """Roles whose loads the DRAM model serves from L2 because the launch stored them shortly
+    before (their stores are counted instead), for a launch of ``cfg`` computing ``gradients``
+    of dW, dB: the looped backward's running sums, and the single-block backward's partial rows
+    where :func:`partials_fit`."""
+    if mode != "bwd":
+        return frozenset()
+    if cfg.single_block:
+        fit = partials_fit(cfg, n_cols, gradients, target)
+        return frozenset({"dw_partial", "db_partial"} if fit else ())
+    return frozenset({"dw_acc", "db_acc"})

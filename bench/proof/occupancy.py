@@ -10,10 +10,12 @@ The model (pure arithmetic; its inputs come from the compiled kernel and the lau
   SM, whatever the registers allow; a grid of 128 on 132 SMs leaves 4 idle).
 * **Bytes each program has in flight**: the bytes of the streamed tiles one iteration of the
   row loop loads (``rows_per_tile x block_n x element size`` for each of x, residual, dy, dh;
-  for looped kernels their first pass: the second re-reads from L2), times the **pipeline
-  depth**: the iterations whose loads are in flight at once, counted from the PTX's
-  ``cp.async`` commit and wait groups (:func:`pipeline_depth`; 1 without asynchronous copies,
-  since a plain load's data is consumed in the iteration that issues it).
+  for looped kernels their first pass, the one loop that streams from DRAM: the forward's
+  second pass and the backward's column sums and second pass re-read from L2), times the
+  **pipeline depth** of that loop: the iterations whose loads are in flight at once, counted
+  from the PTX's ``cp.async`` commit and wait groups (:func:`pipeline_depth`: the first
+  pipelined loop's; 1 without asynchronous copies, since a plain load's data is consumed in
+  the iteration that issues it).
 * **In flight per SM** = programs per SM x bytes per program; **needed** = Little's law, DRAM
   bandwidth per SM x loaded latency (``Target.bytes_in_flight_needed``); the **ratio** of the
   two says whether the kernel can keep DRAM busy (>= 1) with margin for latency under load
@@ -34,14 +36,22 @@ from dataclasses import dataclass
 from layernorm_gpu.kernels.heuristics import Target
 from layernorm_gpu.kernels.occupancy import resident_programs
 
-__all__ = ["RATIO_TARGETS", "InFlight", "in_flight", "pipeline_depth", "resident_programs"]
+__all__ = [
+    "RATIO_TARGETS",
+    "InFlight",
+    "in_flight",
+    "pipeline_depth",
+    "pipeline_depths",
+    "resident_programs",
+]
 # Little's law ratio each target's kernels must reach (issue 10); other targets are reported.
 RATIO_TARGETS = {"sm_80": 1.5, "sm_90": 1.5, "sm_100": 1.0}
 
 
-def pipeline_depth(ptx: str) -> int:
-    """Loop iterations whose loads are in flight together, from the PTX of software-pipelined
-    loops (the least pipelined loop's; 1 without asynchronous copies).
+def pipeline_depths(ptx: str) -> list[int]:
+    """Loop iterations whose loads are in flight together, for each software-pipelined loop of
+    the PTX, in the order the PTX lays the loops out (the kernels' source order): empty without
+    asynchronous copies.
 
     A loop pipelined ``S`` deep commits ``g`` copy groups per iteration (one per tensor or group
     of tensors): its prologue commits ``(S - 1) x g`` and each iteration waits with
@@ -65,7 +75,16 @@ def pipeline_depth(ptx: str) -> int:
         groups = min(g for g in (before, after, pending + 1) if g > 0)
         if pending:
             depths.append(pending // groups + 1)
-    return min(depths) if depths else 1
+    return depths
+
+
+def pipeline_depth(ptx: str) -> int:
+    """The pipeline depth of a kernel's first pipelined loop (:func:`pipeline_depths`; 1
+    without asynchronous copies): the loop that streams from DRAM in every kernel (the looped
+    kernels' first pass, which comes first; the backward's column sums and second pass, later
+    in the PTX, re-read the band from L2)."""
+    depths = pipeline_depths(ptx)
+    return depths[0] if depths else 1
 
 
 @dataclass(frozen=True)
@@ -98,10 +117,11 @@ def in_flight(
 def tile_load_bytes(loaded: dict[str, int], tile_elems: int, looped: bool) -> int:
     """Bytes one loop iteration loads from DRAM of the streamed tensors: ``loaded`` maps each
     tile role the compiled kernel loads (x, residual, h, dy, dh) to its element size. Looped
-    kernels make two passes over a row: the first streams x, residual and dy from DRAM; the
-    second re-reads the row from L2 (the heuristics size the row groups for it, the traffic
-    report's L2-window model checks it), so Little's law for DRAM is taken on the first (the
-    backward's dh, read in the second pass only, is left out: a lower bound)."""
+    kernels walk a row twice: the first pass streams x, residual and dy from DRAM; the second
+    (and the backward's column sums over its band, between them) re-read from L2 (the
+    heuristics size the grid for it, the traffic report's L2 model checks it), so Little's law
+    for DRAM is taken on the first (the backward's dh, read in the second pass only, is left
+    out: a lower bound)."""
     if not looped:
         return tile_elems * sum(loaded.values())
     return tile_elems * sum(loaded[r] for r in ("x", "residual", "dy") if r in loaded)

@@ -1,10 +1,11 @@
 """Record what the real kernels load and store, by running them in Triton's interpreter.
 
 Inside :func:`trace`, every ``tl.load`` / ``tl.store`` of an interpreted kernel reports the
-addresses of its masked-in elements (masked-out lanes move no bytes), every launch reports its
-kernel, grid and tensor arguments (through ``layernorm_gpu.kernels.registry``, whose launch
-path the launchers take), and every torch op that runs between launches (outside the
-interpreter's own bookkeeping) is logged as eager work. Addresses are attributed to tensors by
+addresses of its masked-in elements (masked-out lanes move no bytes) and the program that
+issued it, every launch reports its kernel, grid and tensor arguments (through
+``layernorm_gpu.kernels.registry``, whose launch path the launchers take), and every torch op
+that runs between launches (outside the interpreter's own bookkeeping) is logged as eager
+work. Addresses are attributed to tensors by
 matching them against the storage ranges of the launches' tensor arguments, and each tensor is
 named after its role in the math, as the registry declares it for that kernel argument.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +94,19 @@ class TensorTraffic:
     stores_per_element: dict[int, int] = field(default_factory=dict)
 
 
+class Access(NamedTuple):
+    """One attributed load or store: the tensor's role, the element addresses of its masked-in
+    lanes, bytes per element, whether it stores, and who issued it: the launch (its index in
+    :attr:`Traffic.launches`) and the program (its index along grid axis 0)."""
+
+    role: str
+    addresses: np.ndarray
+    elem_size: int
+    is_store: bool
+    launch: int
+    program: int
+
+
 @dataclass
 class Traffic:
     """Everything :func:`trace` saw while one callable ran."""
@@ -100,9 +115,9 @@ class Traffic:
     tensors: dict[str, TensorTraffic]
     eager: list[EagerOp]
     unattributed_bytes: int
-    # Every attributed access in program order: (role, element addresses, bytes per element,
-    # is_store). The interpreter runs a launch's programs one after another.
-    sequence: list[tuple[str, np.ndarray, int, bool]] = field(default_factory=list)
+    # Every attributed access in the interpreter's order: launch after launch, and a launch's
+    # programs one after another (the L2 model interleaves them: bench.proof.l2.lockstep).
+    sequence: list[Access] = field(default_factory=list)
 
     def get(self, role: str) -> TensorTraffic:
         """The traffic of ``role`` (zero if the tensor was never touched)."""
@@ -127,6 +142,8 @@ class _Access:
     addresses: np.ndarray
     elem_size: int
     is_store: bool
+    launch: int
+    program: int
 
 
 class _Recorder(TorchDispatchMode):
@@ -140,8 +157,11 @@ class _Recorder(TorchDispatchMode):
         self.eager: list[EagerOp] = []
         self.in_launch = False
 
-    def record_access(self, addresses: np.ndarray, elem_size: int, is_store: bool) -> None:
-        self.accesses.append(_Access(addresses, elem_size, is_store))
+    def record_access(
+        self, addresses: np.ndarray, elem_size: int, is_store: bool, program: int
+    ) -> None:
+        launch = len(self.launches) - 1  # the launch running now
+        self.accesses.append(_Access(addresses, elem_size, is_store, launch, program))
 
     def on_launch(self, launch: registry.Launch, run: Callable[[], None]) -> None:
         """Record a launch's tensors by role, then run it (its own torch work is not eager)."""
@@ -213,9 +233,7 @@ def _histogram(addresses: np.ndarray) -> dict[int, int]:
     return {int(t): int(c) for t, c in zip(times, n, strict=True)}
 
 
-def _attribute(
-    recorder: _Recorder,
-) -> tuple[dict[str, TensorTraffic], int, list[tuple[str, np.ndarray, int, bool]]]:
+def _attribute(recorder: _Recorder) -> tuple[dict[str, TensorTraffic], int, list[Access]]:
     """Per-role traffic from the recorded accesses, the bytes no storage range holds, and the
     attributed accesses in order."""
     starts = np.array(sorted(recorder.storages), dtype=np.uint64)
@@ -241,7 +259,16 @@ def _attribute(
             else:
                 traffic.loaded += addresses.size * access.elem_size
             per_role.setdefault(role, {False: [], True: []})[access.is_store].append(addresses)
-            sequence.append((role, addresses, access.elem_size, access.is_store))
+            sequence.append(
+                Access(
+                    role,
+                    addresses,
+                    access.elem_size,
+                    access.is_store,
+                    access.launch,
+                    access.program,
+                )
+            )
     for role, by_kind in per_role.items():
         traffic = tensors[role]
         for is_store, chunks in by_kind.items():

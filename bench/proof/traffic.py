@@ -15,6 +15,7 @@ Two parts:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,22 +23,33 @@ import torch
 from layernorm_gpu.kernels.heuristics import (
     A100,
     B200,
+    BWD_L2_WINDOW_FRACTION,
+    BWD_MIN_SM_FRACTION,
+    FWD_L2_WINDOW_FRACTION,
     H100,
     NormConfig,
     Target,
     backward_config,
+    backward_slice,
+    cdiv,
     forward_config,
 )
 from layernorm_gpu.kernels.registry import ROLES
 
 from ..tables import Table, fmt_bytes
-from .bytes_model import H100_BANDWIDTH, ByteCount, bytes_moved, l2_window
-from .l2 import dram_loaded
+from .bytes_model import H100_BANDWIDTH, ByteCount, bytes_moved, l2_window, loads_from_l2
+from .l2 import dram_loaded, lockstep
 from .trace import Traffic, require_interpreter, trace
 
 PARAMETER_ROLES = ("weight", "bias")
 # How the tables name a role (the others print as they are).
-LABELS = {"dw_partial": "dW partials", "db_partial": "dB partials", "c_scratch": "c1/c2 scratch"}
+LABELS = {
+    "dw_partial": "dW partials",
+    "db_partial": "dB partials",
+    "c_scratch": "c1/c2 scratch",
+    "dw_acc": "dW running sums",
+    "db_acc": "dB running sums",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,13 @@ class Case:
             fused_residual=self.fused_residual,
             target=target,
         )
+
+    def loads_from_l2(self, mode: str, target: Target = H100) -> frozenset[str]:
+        """Roles whose loads the byte model serves from L2, stored shortly before by the same
+        backward (:func:`bench.proof.bytes_model.loads_from_l2`)."""
+        gradients = self.has_weight + (self.has_bias and not self.is_rms)
+        config = launch_config(mode, self, target)
+        return loads_from_l2(mode, config, self.n_cols, gradients, target)
 
 
 # Small problems for the structural checks: a ragged single-block row with multi-row tiles, the
@@ -166,10 +185,12 @@ def _moved_once(phase: str, traffic: Traffic, role: str, nbytes: int, stored: bo
 
 def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H100) -> list[Check]:
     """The issue's structural targets on measured traffic. Rows wider than a single block are
-    read twice by design (the looped kernels make two passes); only launch counts, partial
-    sizes and attribution are checked for them."""
+    read more than once by design (the looped kernels walk a row twice, and the backward's
+    bands are summed by columns in between: the second and third reads come from L2); for them
+    launch counts, the scratch the dW/dB sums take and attribution are checked."""
     tile = case.n_rows * case.n_cols
     es = case.elem_size
+    bwd_cfg = launch_config("bwd", case, target)
     checks = [
         Check(
             "forward: 1 Triton launch",
@@ -182,6 +203,15 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
             ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches),
         ),
     ]
+    if not bwd_cfg.single_block and not bwd_cfg.columns:
+        checks.append(
+            Check(
+                "backward in bands: 1 Triton launch (it stores dW/dB itself)",
+                len(bwd.launches) == 1,
+                ", ".join(f"{lc.kernel}{lc.grid}" for lc in bwd.launches),
+            )
+        )
+    # the single-block backward's partial rows: one per program, at most one program per SM
     for role in ("dw_partial", "db_partial"):
         shapes = [lc.shapes[role] for lc in bwd.launches if role in lc.shapes]
         if shapes:
@@ -191,6 +221,17 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
                     f"{LABELS[role]} <= SM count x N",
                     rows <= target.sm_count,
                     f"{shapes[0]} float32 ({target.sm_count} SMs)",
+                )
+            )
+    # the looped backward's running dW/dB sums: one N-wide row in all, however many programs
+    for role in ("dw_acc", "db_acc"):
+        shapes = [lc.shapes[role] for lc in bwd.launches if role in lc.shapes]
+        if shapes:
+            checks.append(
+                Check(
+                    f"{LABELS[role]}: one N-wide float32 row",
+                    all(shape == (case.n_cols,) for shape in shapes),
+                    f"{shapes[0]} float32 (N = {case.n_cols})",
                 )
             )
     for phase, traced in (("forward", fwd), ("backward", bwd)):
@@ -208,15 +249,13 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
             f"{fwd.unattributed_bytes} + {bwd.unattributed_bytes} B unattributed",
         )
     )
-    fwd_single = forward_config(case.n_rows, case.n_cols, es, target).single_block
-    bwd_single = backward_config(case.n_rows, case.n_cols, es, target).single_block
-    if fwd_single:
+    if launch_config("fwd", case, target).single_block:
         checks.append(_moved_once("forward", fwd, "x", tile * es, stored=False))
         if case.fused_residual:
             checks.append(_moved_once("forward", fwd, "residual", tile * es, stored=False))
             checks.append(_moved_once("forward", fwd, "h", tile * es, stored=True))
         checks.append(_moved_once("forward", fwd, "y", tile * es, stored=True))
-    if bwd_single:
+    if bwd_cfg.single_block:
         x_es = fwd.get("h").nbytes // tile if case.fused_residual else es
         checks.append(_moved_once("backward", bwd, "x", tile * x_es, stored=False))
         checks.append(_moved_once("backward", bwd, "dy", tile * es, stored=False))
@@ -226,13 +265,16 @@ def structural_checks(case: Case, fwd: Traffic, bwd: Traffic, target: Target = H
     return checks
 
 
-def _traffic_table(title: str, traffic: Traffic, minimum: int) -> Table:
-    """Per-tensor bytes, then totals and ratios to ``minimum``."""
+def _traffic_table(
+    title: str, traffic: Traffic, minimum: int, from_l2: frozenset[str] = frozenset()
+) -> Table:
+    """Per-tensor bytes, then totals and ratios to ``minimum``; the DRAM model counts each
+    address once, and no loads of the ``from_l2`` roles (stored shortly before: served by L2)."""
     table = Table(title, ["tensor", "size", "DRAM model", "requested", "loads/elem", "stores/elem"])
     dram = requested = 0
     rereads = 0
     for role, t in sorted(traffic.tensors.items(), key=lambda kv: ROLES.index(kv[0])):
-        distinct = t.distinct_loaded + t.distinct_stored
+        distinct = t.distinct_stored + (0 if role in from_l2 else t.distinct_loaded)
         asked = t.loaded + t.stored
         if role in PARAMETER_ROLES:
             rereads += t.loaded - t.distinct_loaded
@@ -287,7 +329,10 @@ def structural_tables(cases: tuple[Case, ...] = STRUCTURAL_CASES) -> tuple[list[
         )
         tables.append(
             _traffic_table(
-                f"Backward traffic: {case.describe()}", bwd, case.byte_model("bwd").minimum
+                f"Backward traffic: {case.describe()}",
+                bwd,
+                case.byte_model("bwd").minimum,
+                case.loads_from_l2("bwd"),
             )
         )
         for check in structural_checks(case, fwd, bwd):
@@ -368,17 +413,35 @@ class Extrapolation:
     config: NormConfig
     bytes: dict[tuple[str, str], float]
     validated: bool
+    from_l2: frozenset[str] = frozenset()  # roles whose loads the DRAM model serves from L2
 
     def total(self, distinct: bool) -> float:
-        """Distinct (DRAM model) or requested bytes of every tensor, plus the eager work."""
-        keys = ("distinct_loaded", "distinct_stored") if distinct else ("loaded", "stored")
-        return sum(v for (role, m), v in self.bytes.items() if m in keys or role == "eager")
+        """Distinct (DRAM model: no loads of the ``from_l2`` roles) or requested bytes of every
+        tensor, plus the eager work."""
+        if not distinct:
+            keys = ("loaded", "stored")
+            return sum(v for (role, m), v in self.bytes.items() if m in keys or role == "eager")
+        return sum(
+            v
+            for (role, m), v in self.bytes.items()
+            if m == "distinct_stored"
+            or (m == "distinct_loaded" and role not in self.from_l2)
+            or role == "eager"
+        )
 
 
 def launch_config(mode: str, case: Case, target: Target = H100) -> NormConfig:
     """The config the launcher of ``mode`` picks for ``case`` on ``target``."""
     if mode == "fwd":
-        return forward_config(case.n_rows, case.n_cols, case.elem_size, target)
+        fused = case.elem_size if case.fused_residual else 0
+        return forward_config(
+            case.n_rows,
+            case.n_cols,
+            case.elem_size,
+            target,
+            residual_elem_size=fused,
+            h_elem_size=fused,
+        )
     return backward_config(
         case.n_rows,
         case.n_cols,
@@ -408,7 +471,13 @@ def extrapolate(mode: str, case: Case = BIG_CASE, target: Target = H100) -> Extr
         np.allclose(predicted, [check_values.get(k, 0) for k in keys], rtol=0, atol=0.5)
     )
     full = np.array(_features(real, case.n_rows), dtype=float) @ per_unit
-    return Extrapolation(mode, real, dict(zip(keys, full.tolist(), strict=True)), validated)
+    return Extrapolation(
+        mode,
+        real,
+        dict(zip(keys, full.tolist(), strict=True)),
+        validated,
+        case.loads_from_l2(mode, target),
+    )
 
 
 def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
@@ -455,8 +524,11 @@ def big_shape_table(case: Case = BIG_CASE) -> tuple[Table, bool]:
         f"{_VALIDATION} checks the fit) and extrapolated to the real grid and "
         f"{case.n_rows} rows; the byte model (bench/proof/bytes_model.py) is shown for "
         "comparison.",
-        "DRAM model: distinct bytes per tensor (weight/bias and partial re-reads served by L2) "
-        "plus eager fills; requested: every load/store the SMs issue, over the minimum.",
+        "DRAM model: distinct bytes per tensor (weight/bias re-reads served by L2), plus eager "
+        "fills; the partial rows' loads are served by L2 too where all of them fit in "
+        f"{BWD_L2_WINDOW_FRACTION:.0%} of it, as in the byte model (they are the last thing "
+        "every program stores, and the partial sum runs right after); requested: every "
+        "load/store the SMs issue, over the minimum.",
     ]
     return table, ok
 
@@ -481,17 +553,20 @@ def prediction_table(n_rows: int = 16384, dtype: torch.dtype = torch.bfloat16) -
             f"{b.seconds(H100_BANDWIDTH) * 1e6:.1f} us",
         )
     table.notes.append(
-        "ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx "
-        "backward); rows above 16384 (forward) / 8192 (backward) are looped and "
-        "read twice."
+        "ratio: modelled DRAM bytes over the minimum (x+y forward, x+dy+dx backward); rows "
+        "above 16384 (forward) / 8192 (backward) are looped, their later reads served by L2 "
+        "where the rows in flight fit its window (the widths table), and the widest backward "
+        "(262144) runs column-parallel: x and dy read twice."
     )
     return table
 
 
 # --- one read at every width: the L2 window ------------------------------------------------
 
-# Row tensors whose second read (looped kernels) must come from L2.
-ROW_LOADS = ("x", "residual", "dy", "dh")
+# Row tensors the kernels read from their caller, whose later reads (looped kernels) must come
+# from L2; and the fused forward's h, which its first pass stores and its second reads back.
+ROW_INPUTS = ("x", "residual", "dy", "dh")
+ROW_LOADS = (*ROW_INPUTS, "h")
 # Every width the heuristics must serve with one DRAM read of x and dy, per GPU (the widest:
 # 131072 on A100 / H100, 262144 on B200), each at M x N = 2**26 elements for the byte targets.
 WIDTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
@@ -499,45 +574,89 @@ WINDOW_ELEMENTS = 2**26
 WINDOW_TARGETS = (A100, H100, B200)
 
 
+# The scaled-down launch the L2 model traces for a looped config: at most this many programs,
+# tiles per program (bands, in the backward: the second's rows evict the first's, as every
+# later band's do) and chunks per row, chunks of this many bytes of x (256 16-bit columns), so
+# that the launch runs in the interpreter in a second or two. (Three bands instead of two
+# changed no read count by more than 0.04 at any L2 size, in a sweep of the 131072-column
+# launches on an H100 from 40% to 100% of its L2.)
+TRACED_PROGRAMS = 8
+TRACED_TILES = 2
+TRACED_CHUNKS = 4
+TRACED_CHUNK_BYTES = 512
+# Tensors a looped launch reads or writes by column (the same N elements for every row): their
+# bytes scale with the row width only, not with the programs.
+COLUMN_ROLES = ("weight", "bias", "dw_acc", "db_acc", "dweight", "dbias")
+
+
+def traced_launch(real: NormConfig, n_cols: int, elem_size: int) -> tuple[NormConfig, int, int]:
+    """``(config, n_rows, n_cols)``: the scaled-down launch of the looped config ``real`` (rows
+    of ``n_cols`` elements of ``elem_size`` bytes) that :func:`window_check` traces: the same
+    kernel, rows per tile and order of work (bands of one tile per program, each summed by
+    slices of columns, in the backward), on at most TRACED_PROGRAMS programs, TRACED_TILES tiles
+    each and rows of TRACED_CHUNKS chunks of TRACED_CHUNK_BYTES; a config already that small is
+    traced as it is."""
+    grid = min(real.grid, TRACED_PROGRAMS)
+    tiles = min(real.tiles_per_program, TRACED_TILES)
+    block_n = min(real.block_n, TRACED_CHUNK_BYTES // elem_size)
+    cols = min(n_cols, block_n * min(cdiv(n_cols, real.block_n), TRACED_CHUNKS))
+    cfg = replace(real, grid=grid, tiles_per_program=tiles, block_n=block_n, slice_block=0)
+    return cfg, grid * tiles * real.rows_per_tile, cols
+
+
 @dataclass(frozen=True)
 class WindowCheck:
-    """One program's re-reads through its share of L2 (:mod:`bench.proof.l2`)."""
+    """A looped launch's reads of its row tensors through the one L2 of its GPU
+    (:mod:`bench.proof.l2`), measured on a scaled-down launch (:func:`traced_launch`)."""
 
     mode: str
     case: Case
     target: Target
-    config: NormConfig
-    share_bytes: int
-    distinct: dict[str, int]  # bytes (32-byte sectors) each row tensor loads, counted once
-    from_dram: dict[str, int]  # ... and loads from DRAM through the program's L2 share
+    config: NormConfig  # the real launch
+    traced: NormConfig  # the launch traced, on traced_cols columns
+    traced_cols: int
+    cache_bytes: int  # the L2 scaled to the traced launch
+    distinct: dict[str, int]  # bytes (32-byte sectors) each row input loads, counted once
+    from_dram: dict[str, int]  # bytes each row tensor (inputs, and h) loads from DRAM
 
     @property
     def reads(self) -> float:
-        """DRAM reads per element of the row tensors (1.0: each read once)."""
+        """DRAM reads per element of the row inputs (1.0: each read once, and h, where the
+        fused forward reads it back, served by L2)."""
         return sum(self.from_dram.values()) / max(1, sum(self.distinct.values()))
 
 
 def window_check(
     mode: str, case: Case, target: Target = H100, config: NormConfig | None = None
 ) -> WindowCheck:
-    """Trace one program of ``case``'s real config (or ``config``), with enough tiles for a
-    whole row group and the next, and replay its accesses through ``L2 / resident programs``
-    (the grid is one wave)."""
+    """Trace every program of a scaled-down launch of ``case``'s looped config on ``target``
+    (or of ``config``: :func:`traced_launch`), interleave their accesses in lockstep and replay
+    them through one LRU cache: the L2 scaled so that it holds the traced launch's column
+    vectors (weight, bias, the dW/dB running sums: N-wide, the same for every program) and,
+    besides them, the same multiple of the traced rows in flight (:func:`l2_window`) as the
+    real L2 holds of the real ones. Column-parallel and single-block configs raise ValueError
+    (the former reads x and dy twice by construction, the latter once)."""
     real = config or launch_config(mode, case, target)
-    tiles = min(real.tiles_per_program, real.tiles_per_group + 1)
-    cfg = replace(real, grid=1, tiles_per_program=tiles)
-    traffic = launcher_traffic(mode, case, cfg, tiles * real.rows_per_tile)
-    share = target.l2_bytes // real.grid
-    from_dram, distinct = dram_loaded(traffic, share)
-    roles = [r for r in ROW_LOADS if r in distinct]
+    if real.single_block or real.columns:
+        raise ValueError(f"window_check takes a looped config in bands or rows, got {real}")
+    cfg, n_rows, n_cols = traced_launch(real, case.n_cols, case.elem_size)
+    traffic = launcher_traffic(mode, replace(case, n_cols=n_cols), cfg, n_rows)
+    # the traced rows in flight over the real ones (the same bytes per column in both)
+    scale = l2_window(cfg, n_cols) / l2_window(real, case.n_cols)
+    per_column = sum(traffic.get(r).nbytes for r in COLUMN_ROLES) / n_cols
+    free = target.l2_bytes - per_column * case.n_cols  # the real L2 less its column vectors
+    cache = int(free * scale + per_column * n_cols)
+    from_dram, distinct = dram_loaded(lockstep(traffic.sequence), cache)
     return WindowCheck(
         mode,
         case,
         target,
         real,
-        share,
-        {r: distinct[r] for r in roles},
-        {r: from_dram[r] for r in roles},
+        cfg,
+        n_cols,
+        cache,
+        {r: distinct[r] for r in ROW_INPUTS if r in distinct},
+        {r: from_dram[r] for r in ROW_LOADS if r in from_dram},
     )
 
 
@@ -547,75 +666,128 @@ def widest_read_once(target: Target) -> int:
     return 262144 if target.l2_bytes >= 100 * 2**20 else 131072
 
 
+# Byte-model terms that read x and dy (h and dy when fused) again: a second or third read.
+REREAD_TERMS = ("pass-2 re-read", "band re-read")
+
+
+def _fill(mode: str, case: Case, c: NormConfig, target: Target) -> float | None:
+    """The share of L2 a launch's window takes: the rows in flight between a row's reads
+    (:func:`l2_window`); None where there is none (single block, column-parallel)."""
+    if c.single_block or c.columns:
+        return None
+    loaded = 1 if mode == "fwd" else 2 + case.fused_residual
+    return l2_window(c, case.n_cols * case.elem_size * loaded) / target.l2_bytes
+
+
+def _config(mode: str, case: Case, c: NormConfig) -> str:
+    """The widths table's description of a launch config."""
+    shape = f"{c.rows_per_tile}x{c.block_n}{'' if c.single_block else ' loop'}"
+    config = f"{shape}, grid {c.grid}, {c.num_stages} stages"
+    if c.columns:
+        col = c.columns
+        return (
+            f"{shape} c1/c2, grid {c.grid}, {c.num_stages} stages; then columns "
+            f"{col.rows_per_tile}x{col.block_n}, grid {col.grid}, {col.num_stages} stages"
+        )
+    if mode == "bwd" and not c.single_block:
+        slice_n = backward_slice(case.n_cols, c.grid, case.elem_size, c.slice_block)[0]
+        config += f", bands of {c.grid * c.rows_per_tile} rows, slices of {slice_n} cols"
+    return config
+
+
 def widths_table(
     targets: tuple[Target, ...] = (H100,),
     widths: tuple[int, ...] = WIDTHS,
-    traced: tuple[Target, ...] = (),
+    trace: Literal["none", "fullest", "all"] = "none",
 ) -> tuple[Table, bool]:
     """Per width (bf16 LayerNorm, M x N = 2**26), target and op: the config, how many times x
     and dy come from DRAM, and the bytes over the minimum (the byte model, whose looped rows are
-    re-read from DRAM when their L2 window does not fit). On the ``traced`` targets, the looped
-    launches' reads are measured too: one traced program replayed through its L2 share."""
+    re-read from DRAM when their L2 window does not fit). ``trace``: the looped launches whose
+    reads are measured too (a scaled-down launch, all its programs, replayed through one L2:
+    :func:`window_check`): none, per target and op the one whose window fills the most of L2
+    among the judged widths, or all."""
     table = Table(
         "One read at every width: bf16 LayerNorm, M x N = 2**26 (L2 window model)",
         ["N", "GPU", "op", "config", "L2 window", "x/dy reads", "bytes / minimum", "result"],
     )
+    cases = [Case(WINDOW_ELEMENTS // n_cols, n_cols, torch.bfloat16) for n_cols in widths]
+    traced = set()
+    for target in targets:
+        for mode in ("fwd", "bwd"):
+            windows = {
+                case.n_cols: _fill(mode, case, launch_config(mode, case, target), target)
+                for case in cases
+                if trace == "all" or case.n_cols <= widest_read_once(target)
+            }
+            looped = {n: fill for n, fill in windows.items() if fill is not None}
+            if trace == "all":
+                traced |= {(target, mode, n) for n in looped}
+            elif trace == "fullest" and looped:
+                traced.add((target, mode, max(looped, key=lambda n: (looped[n], n))))
     ok = True
-    for n_cols in widths:
-        case = Case(WINDOW_ELEMENTS // n_cols, n_cols, torch.bfloat16)
+    for case in cases:
+        n_cols = case.n_cols
         for target in targets:
             for mode in ("fwd", "bwd"):
                 model = case.byte_model(mode, target)
                 c = launch_config(mode, case, target)
-                reads = 1 + ("pass-2 re-read" in model.terms)
-                window = ""
-                if c.columns:
-                    window = "none: column-parallel"
-                elif not c.single_block:
-                    row = n_cols * case.elem_size * (1 if mode == "fwd" else 2)
-                    partial = 0 if mode == "fwd" else 2 * 4 * n_cols
-                    fill = l2_window(c, row, partial) / target.l2_bytes
-                    window = f"{fill:.0%} of L2"
+                loaded = model.terms["x read"] + model.terms.get("dy read", 0)
+                reads = 1 + sum(model.terms.get(t, 0) for t in REREAD_TERMS) / loaded
                 measured = ""
-                if target in traced and not c.single_block:
+                if (target, mode, n_cols) in traced:
                     check = window_check(mode, case, target)
                     measured = f" (traced {check.reads:.2f})"
                     reads = max(reads, round(check.reads, 2))
                 judged = n_cols <= widest_read_once(target)
                 passed = reads <= 1.001 and model.ratio <= BIG_TARGETS[mode]
                 ok &= passed or not judged
-                shape = f"{c.rows_per_tile}x{c.block_n}{'' if c.single_block else ' loop'}"
-                group = "" if c.single_block else f", groups of {c.tiles_per_group}"
-                config = f"{shape}, grid {c.grid}, {c.num_stages} stages{group}"
-                if c.columns:
-                    col = c.columns
-                    config = (
-                        f"{shape} c1/c2, grid {c.grid}, {c.num_stages} stages; then columns "
-                        f"{col.rows_per_tile}x{col.block_n}, grid {col.grid}, "
-                        f"{col.num_stages} stages"
-                    )
+                fill = _fill(mode, case, c, target)
+                window = "none: column-parallel" if c.columns else ""
                 table.add(
                     n_cols,
                     target.name,
                     mode,
-                    config,
-                    window,
+                    _config(mode, case, c),
+                    window if fill is None else f"{fill:.0%} of L2",
                     f"{reads:g}{measured}",
                     f"{model.ratio:.4f}",
                     ("PASS" if passed else "MISS") if judged else "(reported)",
                 )
     table.notes += [
-        "L2 window: what the resident programs hold between a row's two passes (looped "
-        "launches), over the L2 size; x/dy reads: DRAM reads per element of x and dy (traced: one "
-        "program's accesses replayed through an LRU cache of L2 / grid, bench/proof/l2.py).",
+        "L2 window: the rows in flight between a row's reads in a looped launch, over the L2 "
+        "size: the forward's resident programs' rows (one per program); the backward's band "
+        "(x and dy of one row per program). x/dy reads: DRAM reads per element of x and dy by "
+        "the byte model, which counts a re-read from L2 where the window fits the heuristics' "
+        f"share of L2 ({FWD_L2_WINDOW_FRACTION:.0%} forward, {BWD_L2_WINDOW_FRACTION:.0%} "
+        "backward: the y or dx written meanwhile takes room too)"
+        + {
+            "none": ".",
+            "fullest": "; traced (per GPU and op, the judged launch whose window fills the most "
+            "of L2): ",
+            "all": "; traced (every looped launch): ",
+        }[trace]
+        + (
+            ""
+            if trace == "none"
+            else "a scaled-down launch, every program, replayed in lockstep through one LRU "
+            "cache of the L2 scaled to it (bench/proof/l2.py); the larger count is shown."
+        ),
         f"bytes / minimum: targets fwd <= {BIG_TARGETS['fwd']}, bwd <= {BIG_TARGETS['bwd']}; "
         "widths past 131072 (262144 on GPUs with >= 100 MiB of L2) are reported, not judged.",
-        "The backward's dW/dB partials (one float32 row per program and gradient, written and "
-        "summed) cost 2 x grid x N x 8 bytes: about 1 + 2.7 x grid / M of the minimum, so with one "
-        "program per SM the backward meets 1.04 only with M >= ~70 rows per program.",
-        "Column-parallel (where not one row per program and its partial rows fit L2): the looped "
-        "kernel computes c1, c2 (x and dy read once), then a launch over blocks of columns "
-        "re-reads x and dy for dx and sums dW/dB in registers: no partials, 10 bytes per "
-        "16-bit element against the minimum's 6 (1.67x).",
+        "Backward up to 8192 columns (one block per row): every program sums dW/dB of its rows "
+        "in registers and stores one float32 partial row per gradient (grid x N x 8 bytes, "
+        "written once; the partial sum reads them back from L2 where they fit in "
+        f"{BWD_L2_WINDOW_FRACTION:.0%} of it).",
+        "Backward past 8192 columns (looped, in bands): program p reads row b x grid + p of band "
+        "b for its c1, c2 (x and dy from DRAM), then sums dW/dB over the band's rows for its "
+        "own slice of columns and walks its row again for dx (both from L2), so the band must "
+        "fit the window; where one row per SM does not, the grid drops to as few as fit (down to "
+        f"{BWD_MIN_SM_FRACTION:.0%} of the SMs, with deeper pipelines). No partial rows: the "
+        "running float32 sums are one N-wide row per gradient, written back once, and dW/dB "
+        "are stored by the same launch.",
+        "Column-parallel (where not even that band fits): the looped kernel computes c1, c2 "
+        "(x and dy read once), then a launch over blocks of columns re-reads x and dy for dx "
+        "and sums dW/dB in registers: 10 bytes per 16-bit element against the minimum's 6 "
+        "(1.67x).",
     ]
     return table, ok

@@ -86,35 +86,37 @@ def cuobjdump() -> Path:
     return Path(importlib.import_module("triton").__file__).parent / "backends/nvidia/bin/cuobjdump"
 
 
-# (addresses of the masked-in lanes, bytes per element, is_store) of one load or store
-AccessHook = Callable[[np.ndarray, int, bool], None]
+# (addresses of the masked-in lanes, bytes per element, is_store, program id) of one load or
+# store
+AccessHook = Callable[[np.ndarray, int, bool, int], None]
 
 
 @contextlib.contextmanager
 def interpreter_accesses(hook: AccessHook) -> Iterator[None]:
-    """Call ``hook`` on every masked load/store that interpreted kernels run.
+    """Call ``hook`` on every masked load/store that interpreted kernels run, with the program
+    (its index along grid axis 0) that runs it.
 
     Private: ``triton.runtime.interpreter.InterpreterBuilder.create_masked_load`` /
-    ``create_masked_store`` (patched on the class while the context is open) and the
-    interpreter's tensor handles (``.data``: numpy arrays of addresses and mask lanes;
-    ``.get_element_ty().primitive_bitwidth``).
+    ``create_masked_store`` (patched on the class while the context is open), the builder's
+    ``grid_idx`` (the program it is running) and the interpreter's tensor handles (``.data``:
+    numpy arrays of addresses and mask lanes; ``.get_element_ty().primitive_bitwidth``).
     """
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
     real_load, real_store = builder.create_masked_load, builder.create_masked_store
 
-    def report(ptrs, mask, is_store: bool) -> None:
+    def report(builder, ptrs, mask, is_store: bool) -> None:
         lanes = np.broadcast_to(mask.data, ptrs.data.shape)
         elem_size = ptrs.get_element_ty().primitive_bitwidth // 8
-        hook(ptrs.data[lanes].astype(np.uint64), elem_size, is_store)
+        hook(ptrs.data[lanes].astype(np.uint64), elem_size, is_store, int(builder.grid_idx[0]))
 
     def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
-        report(ptrs, mask, False)
+        report(self, ptrs, mask, False)
         return real_load(self, ptrs, mask, other, cache_policy, is_volatile)
 
     def masked_store(self, ptrs, value, mask, cache_policy):
-        report(ptrs, mask, True)
+        report(self, ptrs, mask, True)
         return real_store(self, ptrs, value, mask, cache_policy)
 
     builder.create_masked_load, builder.create_masked_store = masked_load, masked_store

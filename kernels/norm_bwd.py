@@ -177,11 +177,14 @@ def _store_column_sums(
     COMPUTE_DB: tl.constexpr,
 ):
     """The column sums of the accumulators, stored at ``DW + offs`` and ``DB + offs`` (a row of
-    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes."""
+    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes. The ``+ 0.0``
+    changes no value (the accumulators start at +0.0) but ptxas's register allocation: without
+    it the float32 fused RMSNorm of 4096 columns spilled on sm_90 (24 bytes of stack at 64
+    registers; none at 74 with it)."""
     if COMPUTE_DW:
-        tl.store(DW + offs, tl.sum(dw_acc, axis=0), col_mask)
+        tl.store(DW + offs, tl.sum(dw_acc, axis=0) + 0.0, col_mask)
     if COMPUTE_DB:
-        tl.store(DB + offs, tl.sum(db_acc, axis=0), col_mask)
+        tl.store(DB + offs, tl.sum(db_acc, axis=0) + 0.0, col_mask)
 
 
 @triton.jit

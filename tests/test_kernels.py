@@ -481,6 +481,30 @@ def test_rows_are_batch_invariant_across_the_column_parallel_switch(monkeypatch)
         assert torch.equal(batch[i : i + 1], alone)
 
 
+@pytest.mark.parametrize("path", ("single_block", "bands", "columns"))
+def test_weight_gradient_sums_of_negative_zeros_are_positive_zero(path):
+    """A column whose every dy * x_hat (and dy) is -0.0 sums to +0.0, as torch's sums (which
+    start from +0.0) give, on every backward path: the accumulators start from +0.0 too."""
+    x, dy = make_input((9, 200), FP32, offset=1.0), make_input((9, 200), FP32)
+    x[:, 7] = x[:, :7].amax(dim=1) + 1.0  # x_hat > 0 in column 7 of every row
+    dy[:, 7] = -0.0
+    weight, bias = make_input(200, FP32), make_input(200, FP32)
+    cfg = {
+        "single_block": None,
+        "bands": _looped_config(9, 64),
+        "columns": _columns_config(9, 200, 64),
+    }[path]
+    stats = kernels.norm_fwd(x, None, weight, bias, n_norm_dims=1, eps=1e-5, is_rms=False)
+    mean, rstd = stats[2], stats[3]
+    _, dw, db = kernels.norm_bwd(
+        dy, x, weight, mean, rstd, n_norm_dims=1, is_rms=False, dweight_dtype=FP32,
+        dbias_dtype=FP32, config=cfg,
+    )  # fmt: skip
+    torch.testing.assert_close(dw[7], torch.tensor(0.0), rtol=0, atol=0)
+    assert not dw[7].signbit() and not db[7].signbit()
+    assert (dy[:, 7] * x[:, 7]).sum().signbit() == dw[7].signbit()
+
+
 def test_column_parallel_config_is_checked_before_launching():
     x, dy = make_input((9, 200), FP32), make_input((9, 200), FP32)
     stats = torch.ones(9, device=x.device)

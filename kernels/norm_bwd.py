@@ -130,6 +130,36 @@ def _x_hat_and_g(
 
 
 @triton.jit
+def _chunk(
+    X,
+    DY,
+    W,
+    B,
+    x_row,
+    dy_row,
+    row_mask,
+    c,
+    n_cols,
+    mean,
+    rstd,
+    weight_offset,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
+):
+    """A chunk of the looped kernel's row walk, at columns ``c``: ``(mask, x_hat, g)`` of the
+    tile's rows (:func:`_x_hat_and_g`, with the columns' weight and bias)."""
+    c_mask = c < n_cols
+    w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+    mask, x_hat, g, _ = _x_hat_and_g(
+        X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
+        HAS_BIAS, X_IS_Y,
+    )  # fmt: skip
+    return mask, x_hat, g
+
+
+@triton.jit
 def _coefficients(x_hat, g, n_cols, IS_RMS: tl.constexpr):
     """Per-row ``c1 = sum(x_hat * g) / n_cols`` and ``c2 = sum(g) / n_cols`` of whole rows
     (RMSNorm: c2 = 0)."""
@@ -306,36 +336,15 @@ def _norm_bwd_single_block_kernel(
 
 
 @triton.jit
-def _store_slice_sums(
-    DW,
-    DB,
-    DW_acc,
-    DB_acc,
-    cols,
-    col_mask,
-    dw_acc,
-    db_acc,
-    band,
-    n_bands,
-    COMPUTE_DW: tl.constexpr,
-    COMPUTE_DB: tl.constexpr,
-):
-    """The column sums of the accumulators (one band's rows) at ``cols``, added to the earlier
-    bands' (float32, in ``DW_acc`` / ``DB_acc``) and stored there, or, after the last band, in
-    dW and dB themselves, in their dtypes."""
-    keep = col_mask & (band > 0)
-    if COMPUTE_DW:
-        dw = tl.sum(dw_acc, axis=0) + tl.load(DW_acc + cols, mask=keep, other=0.0)
-        if band == n_bands - 1:
-            tl.store(DW + cols, dw, col_mask)
-        else:
-            tl.store(DW_acc + cols, dw, col_mask)
-    if COMPUTE_DB:
-        db = tl.sum(db_acc, axis=0) + tl.load(DB_acc + cols, mask=keep, other=0.0)
-        if band == n_bands - 1:
-            tl.store(DB + cols, db, col_mask)
-        else:
-            tl.store(DB_acc + cols, db, col_mask)
+def _store_band_sums(D, D_acc, cols, col_mask, acc, band, n_bands):
+    """The column sums of ``acc`` (one band's rows of dW or dB) at ``cols``, added to the earlier
+    bands' (float32, in ``D_acc``) and stored there, or, after the last band, in ``D`` (dW or dB
+    itself, in its dtype)."""
+    total = tl.sum(acc, axis=0) + tl.load(D_acc + cols, mask=col_mask & (band > 0), other=0.0)
+    if band == n_bands - 1:
+        tl.store(D + cols, total, col_mask)
+    else:
+        tl.store(D_acc + cols, total, col_mask)
 
 
 @triton.jit
@@ -432,12 +441,9 @@ def _norm_bwd_looped_kernel(
         sum_xg = tl.zeros([ROWS_PER_TILE], tl.float32)
         sum_g = tl.zeros([ROWS_PER_TILE], tl.float32)
         for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
-            c = start + cols
-            c_mask = c < n_cols
-            w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-            _, x_hat, g, _ = _x_hat_and_g(
-                X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS,
-                HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+            _, x_hat, g = _chunk(
+                X, DY, W, B, x_row, dy_row, row_mask, start + cols, n_cols, mean, rstd,
+                weight_offset, IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
             )  # fmt: skip
             sum_xg += tl.sum(x_hat * g, axis=1)
             if not IS_RMS:
@@ -472,23 +478,21 @@ def _norm_bwd_looped_kernel(
                             dw_acc += dy * x_hat
                         if COMPUTE_DB:
                             db_acc += dy
-                    _store_slice_sums(
-                        DW, DB, DW_acc, DB_acc, s, s_mask, dw_acc, db_acc, band,
-                        tiles_per_program, COMPUTE_DW, COMPUTE_DB,
-                    )  # fmt: skip
+                    if COMPUTE_DW:
+                        _store_band_sums(DW, DW_acc, s, s_mask, dw_acc, band, tiles_per_program)
+                    if COMPUTE_DB:
+                        _store_band_sums(DB, DB_acc, s, s_mask, db_acc, band, tiles_per_program)
                 # the next band's step 2 reads the sums stored above, by other threads
                 tl.debug_barrier()
             for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
-                c = start + cols
-                c_mask = c < n_cols
-                w, b = _affine(W, B, c, c_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-                mask, x_hat, g, _ = _x_hat_and_g(
-                    X, DY, x_row, dy_row, row_mask, c, c_mask, mean, rstd, w, b, IS_RMS,
-                    HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+                mask, x_hat, g = _chunk(
+                    X, DY, W, B, x_row, dy_row, row_mask, start + cols, n_cols, mean, rstd,
+                    weight_offset, IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
                 )  # fmt: skip
                 _store_dx(
-                    DX, DH, rows, c, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout, HAS_DH, ALIGN
-                )
+                    DX, DH, rows, start + cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout,
+                    HAS_DH, ALIGN,
+                )  # fmt: skip
 
 
 @triton.jit

@@ -89,9 +89,9 @@ def read_write_table(traced: list[TracedCase]) -> tuple[Table, Outcome]:
         "kernels make a single pass over memory; x, dy (and the residual stream when fused) are "
         "the large inputs, y, dx (and h) the large outputs.",
         "Also checked: the weight-gradient partial sums take at most one float32 row per SM "
-        "(rows up to 8192 columns), the wider rows' backward runs in one launch with its running "
-        "sums one row per gradient (where its band fits L2), and every access falls inside a "
-        "known tensor. --details prints the per-tensor counts.",
+        "(rows up to 8192 columns), the wider rows' backward runs in one launch (where its band "
+        "fits L2), with at most one row of running sums per gradient, and every access falls "
+        "inside a known tensor. --details prints the per-tensor counts.",
     ]
     outcome = Outcome(
         f"Memory traffic, {len(traced)} small problems",

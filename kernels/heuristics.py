@@ -123,8 +123,10 @@ BWD_SHARED_FRACTION = 0.9
 # most BWD_L2_WINDOW_FRACTION of L2: with dx (half a band of x and dy in 16-bit) the
 # footprint peaks near 0.9 of it, leaving room for the L2's split into two partitions that may
 # each hold a copy of a line. dW/dB need no partial rows: each column has one owner, who
-# keeps its running float32 sums in an N-wide scratch row (one row in all, read and written
-# from L2 once per band, 8 bytes per column, written back to DRAM once). On an MI300X the
+# keeps its running float32 sums in registers across bands (BandSlice.in_registers), or, where
+# its slice is wider than one tile (grids cut short by few rows), in an N-wide float32 scratch
+# row read and written once per band: between two bands L2 takes in about 2.5 bands, so at
+# the widest bands that row would come back from DRAM every band. On an MI300X the
 # 32 MiB L2 is eight private 4 MiB L2s, one per XCD, and programs are spread over them: the
 # dW/dB sums' reads of other programs' rows come from the Infinity Cache behind them
 # (not measured).
@@ -328,6 +330,19 @@ class PartialSumConfig:
     grid: int
 
 
+def register_budget(num_warps: int, target: Target) -> dict[str, int]:
+    """``{"maxnreg": registers per thread}`` for a backward launch on an NVIDIA ``target``: all
+    a program of ``num_warps`` warps may have, one program per SM (``{}`` on AMD, whose Triton
+    has no such option). Without it ptxas (Triton's ``--regAllocOptLevel=2``) sometimes settled
+    on half of them and spilled: 64 registers and 8-24 bytes of stack at 512 threads in the
+    band backward's RMSNorm on sm_100 and sm_120 and in the single-block fused RMSNorm of 4096
+    float32 columns on sm_90; with ``.maxnreg`` 128, 74-109 registers and no spill."""
+    if target.backend != "cuda":
+        return {}
+    threads = num_warps * target.warp_size
+    return {"maxnreg": min(target.max_registers_per_thread, target.registers_per_sm // threads)}
+
+
 def tile_meta(cfg: NormConfig | ColumnsConfig) -> dict[str, int | bool]:
     """The tile constexprs (the kernels' names) and warps a launch takes from its config."""
     return dict(
@@ -512,6 +527,12 @@ class BandSlice(NamedTuple):
     block: int  # tile width (SLICE_N)
     rows: int  # rows per tile (SLICE_ROWS)
     stages: int  # pipeline depth (SLICE_STAGES)
+
+    @property
+    def in_registers(self) -> bool:
+        """The slice is one tile, whose running dW/dB sums stay in registers across bands
+        (SUMS_IN_REGISTERS); else they go through a float32 scratch row, once per band."""
+        return self.slice_n <= self.block
 
 
 def backward_slice(

@@ -39,6 +39,7 @@ from .heuristics import (
     backward_config,
     backward_slice,
     partial_sum_config,
+    register_budget,
     tile_meta,
 )
 from .registry import Kernel, launch
@@ -207,14 +208,11 @@ def _store_column_sums(
     COMPUTE_DB: tl.constexpr,
 ):
     """The column sums of the accumulators, stored at ``DW + offs`` and ``DB + offs`` (a row of
-    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes. The ``+ 0.0``
-    changes no value (the accumulators start at +0.0) but ptxas's register allocation: without
-    it the float32 fused RMSNorm of 4096 columns spilled on sm_90 (24 bytes of stack at 64
-    registers; none at 74 with it)."""
+    the dW/dB partials, or dW and dB themselves) in those tensors' dtypes."""
     if COMPUTE_DW:
-        tl.store(DW + offs, tl.sum(dw_acc, axis=0) + 0.0, col_mask)
+        tl.store(DW + offs, tl.sum(dw_acc, axis=0), col_mask)
     if COMPUTE_DB:
-        tl.store(DB + offs, tl.sum(db_acc, axis=0) + 0.0, col_mask)
+        tl.store(DB + offs, tl.sum(db_acc, axis=0), col_mask)
 
 
 @triton.jit
@@ -336,6 +334,50 @@ def _norm_bwd_single_block_kernel(
 
 
 @triton.jit
+def _add_band_rows(
+    X,
+    DY,
+    Mean,
+    Rstd,
+    band_start,
+    band_end,
+    x_layout,
+    dy_layout,
+    s,
+    s_mask,
+    w,
+    b,
+    dw_acc,
+    db_acc,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    X_IS_Y: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    SLICE_ROWS: tl.constexpr,
+    SLICE_STAGES: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """``(dw_acc, db_acc)`` plus dy * x_hat and dy of rows ``[band_start, band_end)`` at the
+    columns ``s`` (``w``, ``b`` from :func:`_affine` there), in ``SLICE_ROWS``-row tiles."""
+    for r in tl.range(band_start, band_end, SLICE_ROWS, num_stages=SLICE_STAGES):
+        # masked to the band's rows: the next band is summed next time
+        rows, row_mask, x_row, dy_row, mean, rstd = _tile(
+            Mean, Rstd, r, band_end, x_layout, dy_layout, IS_RMS, X_IS_Y, SLICE_ROWS, ALIGN
+        )
+        _, x_hat, _, dy = _x_hat_and_g(
+            X, DY, x_row, dy_row, row_mask, s, s_mask, mean, rstd, w, b, IS_RMS, HAS_WEIGHT,
+            HAS_BIAS, X_IS_Y,
+        )  # fmt: skip
+        if COMPUTE_DW:
+            dw_acc += dy * x_hat
+        if COMPUTE_DB:
+            db_acc += dy
+    return dw_acc, db_acc
+
+
+@triton.jit
 def _store_band_sums(D, D_acc, cols, col_mask, acc, band, n_bands):
     """The column sums of ``acc`` (one band's rows of dW or dB) at ``cols``, added to the earlier
     bands' (float32, in ``D_acc``) and stored there, or, after the last band, in ``D`` (dW or dB
@@ -359,8 +401,8 @@ def _norm_bwd_looped_kernel(
     Rstd,  # (n_rows,) float32
     DW,  # (n_cols,) out, W's dtype, or None
     DB,  # (n_cols,) out, B's dtype, or None
-    DW_acc,  # (n_cols,) float32 scratch: dW of the bands so far, or None
-    DB_acc,  # (n_cols,) float32 scratch: dB of the bands so far, or None
+    DW_acc,  # (n_cols,) float32 scratch: dW of the bands so far, or None (SUMS_IN_REGISTERS)
+    DB_acc,  # (n_cols,) float32 scratch: dB of the bands so far, or None (SUMS_IN_REGISTERS)
     C,  # STATS_ONLY: (2, n_rows) float32 out, c1 and c2 of each row; else None
     n_rows,
     n_cols,
@@ -394,6 +436,7 @@ def _norm_bwd_looped_kernel(
     SLICE_ROWS: tl.constexpr,
     SLICE_N: tl.constexpr,
     SLICE_STAGES: tl.constexpr,
+    SUMS_IN_REGISTERS: tl.constexpr,
     ALIGN: tl.constexpr,
     INT64_ROWS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
@@ -410,9 +453,10 @@ def _norm_bwd_looped_kernel(
     2. sums dW/dB over the band's rows for its own ``slice_n`` columns, from
        ``pid * slice_n`` (``SLICE_ROWS`` x ``SLICE_N`` tiles; x and dy of the band, just read by
        the band's programs, from L2), added in float32 to its earlier bands' sums, which it
-       keeps in its columns of ``DW_acc`` / ``DB_acc`` and, after the last band, stores as dW
-       and dB: each column has one owner and one order of rows, so the sums are deterministic
-       with no partial rows and no second launch;
+       keeps in registers (``SUMS_IN_REGISTERS``: the slice is one tile) or else in its columns
+       of ``DW_acc`` / ``DB_acc``, and after the last band stores as dW and dB: each column has
+       one owner and one order of rows, so the sums are deterministic with no partial rows and
+       no second launch;
     3. walks its tile's chunks again and writes dx (x and dy from L2).
 
     Between a chunk's reads, the resident programs hold about one band of rows in L2 (the
@@ -432,6 +476,13 @@ def _norm_bwd_looped_kernel(
     first_col = tl.program_id(0).to(tl.int64) * slice_n
     slice_end = tl.minimum(slice_n, n_cols - first_col)  # <= 0: the program owns no column
     slice_cols = tl.arange(0, SLICE_N)
+    if SUMS_IN_REGISTERS:  # the slice is one tile: its sums stay in registers across bands
+        s_run = first_col + slice_cols
+        s_run_mask = (slice_cols < slice_n) & (s_run < n_cols)
+        owns_columns = first_col < n_cols
+        w_run, b_run = _affine(W, B, s_run, s_run_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+        dw_run = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
+        db_run = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
     for band in range(0, tiles_per_program):
         first_row = (band * n_programs + pid) * ROWS_PER_TILE
         rows, row_mask, x_row, dy_row, mean, rstd = _tile(
@@ -458,32 +509,31 @@ def _norm_bwd_looped_kernel(
             if COMPUTE_DW or COMPUTE_DB:
                 band_start = band * n_programs * ROWS_PER_TILE
                 band_end = tl.minimum(band_start + n_programs * ROWS_PER_TILE, n_rows)
-                for part in range(0, slice_end, SLICE_N):
-                    s = first_col + part + slice_cols
-                    s_mask = (part + slice_cols < slice_n) & (s < n_cols)
-                    w, b = _affine(W, B, s, s_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
-                    dw_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
-                    db_acc = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
-                    for r in tl.range(band_start, band_end, SLICE_ROWS, num_stages=SLICE_STAGES):
-                        # masked to the band's rows: the next band is summed next time
-                        s_rows, s_row_mask, s_x_row, s_dy_row, s_mean, s_rstd = _tile(
-                            Mean, Rstd, r, band_end, x_layout, dy_layout, IS_RMS, X_IS_Y,
-                            SLICE_ROWS, ALIGN,
-                        )  # fmt: skip
-                        _, x_hat, _, dy = _x_hat_and_g(
-                            X, DY, s_x_row, s_dy_row, s_row_mask, s, s_mask, s_mean, s_rstd, w,
-                            b, IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y,
+                if SUMS_IN_REGISTERS:
+                    dw_run, db_run = _add_band_rows(
+                        X, DY, Mean, Rstd, band_start, tl.where(owns_columns, band_end, band_start),
+                        x_layout, dy_layout, s_run, s_run_mask, w_run, b_run, dw_run, db_run,
+                        IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y, COMPUTE_DW, COMPUTE_DB, SLICE_ROWS,
+                        SLICE_STAGES, ALIGN,
+                    )  # fmt: skip
+                else:
+                    for part in range(0, slice_end, SLICE_N):
+                        s = first_col + part + slice_cols
+                        s_mask = (part + slice_cols < slice_n) & (s < n_cols)
+                        w, b = _affine(W, B, s, s_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
+                        dw_acc, db_acc = _add_band_rows(
+                            X, DY, Mean, Rstd, band_start, band_end, x_layout, dy_layout, s,
+                            s_mask, w, b, tl.zeros([SLICE_ROWS, SLICE_N], tl.float32),
+                            tl.zeros([SLICE_ROWS, SLICE_N], tl.float32), IS_RMS, HAS_WEIGHT,
+                            HAS_BIAS, X_IS_Y, COMPUTE_DW, COMPUTE_DB, SLICE_ROWS, SLICE_STAGES,
+                            ALIGN,
                         )  # fmt: skip
                         if COMPUTE_DW:
-                            dw_acc += dy * x_hat
+                            _store_band_sums(DW, DW_acc, s, s_mask, dw_acc, band, tiles_per_program)
                         if COMPUTE_DB:
-                            db_acc += dy
-                    if COMPUTE_DW:
-                        _store_band_sums(DW, DW_acc, s, s_mask, dw_acc, band, tiles_per_program)
-                    if COMPUTE_DB:
-                        _store_band_sums(DB, DB_acc, s, s_mask, db_acc, band, tiles_per_program)
-                # the next band's step 2 reads the sums stored above, by other threads
-                tl.debug_barrier()
+                            _store_band_sums(DB, DB_acc, s, s_mask, db_acc, band, tiles_per_program)
+                    # the next band's step 2 reads the sums stored above, by other threads
+                    tl.debug_barrier()
             for start in tl.range(0, n_cols, BLOCK_N, num_stages=NUM_STAGES):
                 mask, x_hat, g = _chunk(
                     X, DY, W, B, x_row, dy_row, row_mask, start + cols, n_cols, mean, rstd,
@@ -493,6 +543,8 @@ def _norm_bwd_looped_kernel(
                     DX, DH, rows, start + cols, mask, n_cols, x_hat, g, c1, c2, rstd, dh_layout,
                     HAS_DH, ALIGN,
                 )  # fmt: skip
+    if SUMS_IN_REGISTERS:
+        _store_column_sums(DW, DB, s_run, s_run_mask, dw_run, db_run, COMPUTE_DW, COMPUTE_DB)
 
 
 @triton.jit
@@ -649,11 +701,12 @@ def norm_bwd(
     if dh is not None:
         dh, dh_layout = row_layout(dh, n_norm_dims)
         dh_args = (dh_layout.d1, dh_layout.d2, *dh_layout.strides)
+    target = target or device_target(device)
     cfg = config or backward_config(
         n_rows,
         n_cols,
         x.element_size(),
-        target or device_target(device),
+        target,
         loaded_bytes=sum(t.element_size() for t in (x, dy, dh) if t is not None),
         column_bytes=sum(
             t.element_size() for t in (weight, bias if x_is_y else None) if t is not None
@@ -666,12 +719,15 @@ def norm_bwd(
             f"columns.grid * columns.block_n >= n_cols ({n_cols}), got {cfg}"
         )
     partial, band_sums = {}, {}
+    band = None
+    if not cfg.single_block:
+        band = backward_slice(n_cols, cfg.grid, x.element_size(), cfg.slice_block, cfg.num_stages)
     for name, grad in (("dw", dweight), ("db", dbias)):
         if grad is None:
             continue
         if cfg.single_block:
             partial[name] = torch.empty((cfg.grid, n_cols), dtype=torch.float32, device=device)
-        elif columns is None:
+        elif columns is None and not band.in_registers:
             band_sums[name] = torch.empty(n_cols, dtype=torch.float32, device=device)
     layouts = (
         x_layout.d1,
@@ -693,6 +749,7 @@ def norm_bwd(
     )
     align = vector_align(n_cols, x_layout, dy_layout, dh_layout)
     constexprs = dict(**math_flags, ALIGN=align, **tile_meta(cfg))
+    constexprs.update(register_budget(cfg.num_warps, target))
     # RMSNorm has no mean (the forward returns an empty one), and x_hat from y needs none: the
     # kernels never read it then
     mean = None if is_rms or x_is_y else mean
@@ -704,8 +761,8 @@ def norm_bwd(
         extra = ()
     else:
         kernel, constexprs["STATS_ONLY"] = NORM_BWD_LOOPED, columns is not None
-        band = backward_slice(n_cols, cfg.grid, x.element_size(), cfg.slice_block, cfg.num_stages)
         constexprs.update(SLICE_N=band.block, SLICE_ROWS=band.rows, SLICE_STAGES=band.stages)
+        constexprs["SUMS_IN_REGISTERS"] = columns is None and band.in_registers
         extra = (band.slice_n,)
         tensors = (x, dy, dh, dx, weight, bias, mean, rstd, dweight, dbias)
         tensors += (band_sums.get("dw"), band_sums.get("db"), None)

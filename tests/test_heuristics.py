@@ -439,3 +439,15 @@ def test_column_parallel_backward_keeps_littles_law_in_flight(target, n, elem_si
     tile = cfg.rows_per_tile * cfg.block_n * elem_size * 2
     per_sm = tile * max(1, cfg.num_stages - 1) * min(1, cfg.grid / target.sm_count)
     assert per_sm >= factor * needed
+
+
+@pytest.mark.parametrize("target", h.TARGETS, ids=lambda t: t.arch)
+def test_register_budget_is_a_programs_share_on_nvidia_only(target):
+    """``.maxnreg`` = all the registers one program of that many warps may have (ptxas otherwise
+    settled on half and spilled); AMD's Triton has no such option."""
+    budget = h.register_budget(16, target)
+    if target.backend == "cuda":
+        assert budget == {"maxnreg": 128}  # 512 threads of a 64K-register SM
+        assert h.register_budget(2, target) == {"maxnreg": 255}
+    else:
+        assert budget == {}

@@ -15,11 +15,12 @@ heuristics pick (the backward's grid sets its partial rows and its band), in a D
 * ``weight`` and ``bias`` are fetched once: every program re-reads them, but they are N elements
   that stay in L2 (the traffic report lists those L2 re-reads on their own line);
 * stores are written back to DRAM once per address (L2 is write-back), and a load of an address
-  stored shortly before is served by L2: the looped backward's float32 dW/dB running sums (one
-  N-wide row, read back by their owner at the next band) are written once; the single-block
-  backward's partial rows (grid x N float32 each, the last thing every program stores, summed
-  by the next launch) are read back from L2 when all of them fit in BWD_L2_WINDOW_FRACTION of
-  it (:func:`partials_fit`), else from DRAM;
+  stored shortly before is served by L2: the single-block backward's partial rows (grid x N
+  float32 each, the last thing every program stores, summed by the next launch) are read back
+  from L2 when all of them fit in BWD_L2_WINDOW_FRACTION of it (:func:`partials_fit`), else
+  from DRAM. The looped backward keeps its running dW/dB sums in registers; only slices wider
+  than one tile (grids cut short by few rows) keep them in a float32 scratch row, counted
+  written back and read back once;
 * ``mean`` / ``rstd`` / partial sums are float32.
 
 ``minimum`` is the traffic no implementation can avoid: read x and write y (plus read residual
@@ -37,6 +38,7 @@ from layernorm_gpu.kernels.heuristics import (
     NormConfig,
     Target,
     backward_config,
+    backward_slice,
     forward_config,
 )
 
@@ -113,8 +115,8 @@ def bytes_moved(
             dW/dB partials write              grid*N*4 each (single block)
             dW/dB partials read               grid*N*4 each (single block, where the partial
                                               rows do not fit the L2 window: partials_fit)
-            dW/dB running sums                N*4 each, written back once (looped, in bands,
-                                              with more than one band)
+            dW/dB running sums                N*4 each, written and read once (looped, in bands,
+                                              more than one, slices wider than one tile)
             dW/dB write                       N*w_es each
             x, dy band re-read                M*N*(x_es + es) (looped in bands, where a band
                                               does not fit the L2 window)
@@ -171,9 +173,11 @@ def bytes_moved(
         terms["dW/dB partials write"] = gradients * partials
         fit = partials_fit(cfg, n_cols, gradients, target)
         terms["dW/dB partials read"] = 0 if fit else gradients * partials
-    elif not cfg.columns and cfg.tiles_per_program > 1:
-        # the last band stores dW/dB themselves: one band never touches the running sums
-        terms["dW/dB running sums"] = gradients * n_cols * FLOAT32
+    elif cfg.tiles_per_program > 1 and not (cfg.columns or _sums_in_registers(cfg, n_cols, x_es)):
+        # slices wider than one tile keep their running sums in a scratch row, written back and
+        # read back once each (a lower bound: a band filling much of L2 evicts the row between
+        # two bands); one-tile slices keep them in registers, and one band never needs them
+        terms["dW/dB running sums"] = 2 * gradients * n_cols * FLOAT32
     terms["dW/dB write"] = n_cols * w_es * gradients
     if not cfg.single_block:
         # x and dy are read by pass 1 (then the band's column sums and pass 2 re-read them); dh
@@ -212,11 +216,16 @@ def loads_from_l2(
 ) -> frozenset[str]:
     """Roles whose loads the DRAM model serves from L2 because the launch stored them shortly
     before (their stores are counted instead), for a launch of ``cfg`` computing ``gradients``
-    of dW, dB: the looped backward's running sums, and the single-block backward's partial rows
-    where :func:`partials_fit`."""
+    of dW, dB: the single-block backward's partial rows where :func:`partials_fit`."""
     if mode != "bwd":
         return frozenset()
     if cfg.single_block:
         fit = partials_fit(cfg, n_cols, gradients, target)
         return frozenset({"dw_partial", "db_partial"} if fit else ())
-    return frozenset({"dw_acc", "db_acc"})
+    return frozenset()
+
+
+def _sums_in_registers(cfg: NormConfig, n_cols: int, elem_size: int) -> bool:
+    """Whether the looped backward keeps its running dW/dB sums in registers (its slice is one
+    tile, :class:`~layernorm_gpu.kernels.heuristics.BandSlice`)."""
+    return backward_slice(n_cols, cfg.grid, elem_size, cfg.slice_block, cfg.num_stages).in_registers

@@ -782,9 +782,9 @@ def widths_table(
         "b for its c1, c2 (x and dy from DRAM), then sums dW/dB over the band's rows for its "
         "own slice of columns and walks its row again for dx (both from L2), so the band must "
         "fit the window; where one row per SM does not, the grid drops to as few as fit (down to "
-        f"{BWD_MIN_SM_FRACTION:.0%} of the SMs, with deeper pipelines). No partial rows: the "
-        "running float32 sums are one N-wide row per gradient, written back once, and dW/dB "
-        "are stored by the same launch.",
+        f"{BWD_MIN_SM_FRACTION:.0%} of the SMs, with deeper pipelines). No partial rows: each "
+        "program keeps its slice's running float32 sums in registers across bands (a scratch "
+        "row where a slice is wider than one tile) and stores dW/dB itself, in the same launch.",
         "Column-parallel (where not even that band fits): the looped kernel computes c1, c2 "
         "(x and dy read once), then a launch over blocks of columns re-reads x and dy for dx "
         "and sums dW/dB in registers: 10 bytes per 16-bit element against the minimum's 6 "

@@ -43,15 +43,29 @@ def narrow_program_id_ops(ttir: str, row_loop_bound: str | None = None) -> list[
     """
     derived: set[str] = set()
     narrow = []
+    # MLIR numbers values per region, so sibling regions reuse names (%6 of one loop body is
+    # not %6 of the next): the names a region defines are forgotten when it closes
+    scopes: list[set[str]] = [set()]
     for raw in ttir.splitlines():
         line = re.sub(r"\s*loc\(.*$", "", raw).strip()
+        if line.startswith("}"):
+            derived -= scopes.pop() if len(scopes) > 1 else set()
+            if line.endswith("{"):  # } else {
+                scopes.append(set())
+            continue
+        opens = line.endswith("{")
         match = _DEF.match(line)
         if match is None:
+            if opens:  # a region of an op without results (its bound names live in it)
+                scopes.append({m.group(1) for m in re.finditer(r"(%[\w.#]+)\s*=", line)})
             continue
         defs, op, rest = _names(match.group(1)), match.group(2), match.group(3)
         # iter_args(%a = %b) bind loop-carried values: definitions too
         bound = {m.group(1) for m in re.finditer(r"(%[\w.#]+)\s*=", rest)}
         uses = _names(rest) - bound
+        scopes[-1] |= defs
+        if opens:
+            scopes.append(set(bound))
         if op == "tt.get_program_id":
             derived |= set() if row_loop_bound else defs
             continue

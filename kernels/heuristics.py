@@ -11,7 +11,8 @@ Two properties are load-bearing and tested:
   on M, so row i of a batch is bitwise equal to the same row normalised alone.
 * Bounded scratch: the backward grid is at most one program per SM, so each dW/dB partial
   buffer of the single-block backward is at most ``sm_count x N`` float32; the looped backward
-  keeps one float32 row of running sums per gradient, the column-parallel one none.
+  keeps its running sums in registers (one float32 row per gradient where a slice is wider than
+  one tile), the column-parallel one needs none.
 
 ``int64_rows`` depends on M, and it changes only how row indices are addressed (their integer
 width), never the floating-point arithmetic of a row. So does ``columns`` (whether a wide

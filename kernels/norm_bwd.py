@@ -479,7 +479,6 @@ def _norm_bwd_looped_kernel(
     if SUMS_IN_REGISTERS:  # the slice is one tile: its sums stay in registers across bands
         s_run = first_col + slice_cols
         s_run_mask = (slice_cols < slice_n) & (s_run < n_cols)
-        owns_columns = first_col < n_cols
         w_run, b_run = _affine(W, B, s_run, s_run_mask, weight_offset, HAS_WEIGHT, HAS_BIAS)
         dw_run = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
         db_run = tl.zeros([SLICE_ROWS, SLICE_N], tl.float32)
@@ -511,8 +510,9 @@ def _norm_bwd_looped_kernel(
                 band_end = tl.minimum(band_start + n_programs * ROWS_PER_TILE, n_rows)
                 if SUMS_IN_REGISTERS:
                     dw_run, db_run = _add_band_rows(
-                        X, DY, Mean, Rstd, band_start, tl.where(owns_columns, band_end, band_start),
-                        x_layout, dy_layout, s_run, s_run_mask, w_run, b_run, dw_run, db_run,
+                        X, DY, Mean, Rstd, band_start,
+                        tl.where(slice_end > 0, band_end, band_start), x_layout, dy_layout, s_run,
+                        s_run_mask, w_run, b_run, dw_run, db_run,
                         IS_RMS, HAS_WEIGHT, HAS_BIAS, X_IS_Y, COMPUTE_DW, COMPUTE_DB, SLICE_ROWS,
                         SLICE_STAGES, ALIGN,
                     )  # fmt: skip

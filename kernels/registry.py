@@ -11,7 +11,8 @@ Roles (:data:`ROLES`) name what a pointer argument holds, in the math of
 add), ``residual``, ``h`` (``x + residual``), ``y``, ``weight``, ``bias``, ``mean``, ``rstd``,
 ``dy``, ``dh`` (gradient of h), ``dx``, ``dw_partial`` / ``db_partial`` (one float32 row per
 single-block backward program), ``c_scratch`` (each row's c1, c2 for the column-parallel
-backward), ``dw_acc`` / ``db_acc`` (the looped backward's running float32 dW / dB, one row),
+backward), ``dw_acc`` / ``db_acc`` (the looped backward's running float32 dW / dB, one row, where a
+slice is wider than one tile),
 ``dweight``, ``dbias`` (stored by the partial sum, the looped backward or the backward's columns
 launch).
 
